@@ -1,0 +1,271 @@
+"""Audio front end: any file soundfile reads -> mono float32 at the rate a model wants.
+
+Downmixing averages all channels (the reference implementation kept channel 0 only, which loses a
+source panned to the right). Resampling uses soxr at high quality. Nothing is clipped or cut without
+saying so: samples beyond full scale are kept as they are, and a truncation is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import (
+    AudioDecodeError,
+    AudioError,
+    AudioNotFoundError,
+    EmptyAudioError,
+    NonFiniteAudioError,
+)
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds, read from its header without decoding it."""
+
+    path: str
+    sample_rate: int
+    frames: int
+    channels: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise AudioNotFoundError(path, "no such file")
+    if not path.is_file():
+        raise AudioNotFoundError(path, "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise AudioDecodeError(path, "file is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise EmptyAudioError(path, "file is empty (0 bytes)")
+
+
+def _wav_declared_data_bytes(path: Path) -> tuple[int, int] | None:
+    """(declared, present) byte counts of a RIFF/WAVE ``data`` chunk, or None when not a plain WAV.
+
+    libsndfile quietly shortens a WAV whose data chunk is cut off, so truncation is checked here from
+    the header itself.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
+            if chunk_id == b"data":
+                if chunk_size == 0xFFFFFFFF:  # streaming writers leave the size open
+                    return None
+                return chunk_size, size - pos - 8
+            pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+def _open(path: Path):
+    import soundfile as sf
+
+    _check_file(path)
+    declared = _wav_declared_data_bytes(path) if path.suffix.lower() in (".wav", ".wave") else None
+    if declared and declared[1] < declared[0]:
+        raise AudioDecodeError(
+            path, f"truncated audio data: the header declares {declared[0]} bytes of samples, the file holds {declared[1]}"
+        )
+    try:
+        return sf.SoundFile(str(path))
+    except sf.LibsndfileError as err:
+        raise AudioDecodeError(path, f"not a readable audio file ({err.error_string})") from err
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise AudioDecodeError(path, f"not a readable audio file ({err})") from err
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information of an audio file; raises :class:`AudioError` for anything that is not audio."""
+    path = Path(path)
+    with _open(path) as f:
+        return AudioInfo(str(path), f.samplerate, f.frames, f.channels, f.format, f.subtype)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average channels: (frames, channels) -> (frames,). A 1-d array is returned as it is."""
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a mono float signal with soxr (VHQ). Returns float32; a no-op when rates match."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if orig_sr == target_sr:
+        return samples
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    import soxr
+
+    return soxr.resample(samples, orig_sr, target_sr, quality="VHQ").astype(np.float32, copy=False)
+
+
+def _validate_samples(path: Path, samples: np.ndarray) -> None:
+    if samples.size == 0:
+        raise EmptyAudioError(path, "audio has zero samples")
+    if not np.isfinite(samples).all():
+        bad = int((~np.isfinite(samples)).sum())
+        raise NonFiniteAudioError(path, f"{bad} sample(s) are NaN or infinite")
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    max_seconds: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Read ``path`` as mono float32, resampled to ``sample_rate`` (the file's own rate when None).
+
+    Returns ``(samples, rate)``. ``max_seconds`` reads at most that much from the start and logs that
+    the rest was not read. Raises a subclass of :class:`AudioError` naming the file and the reason for a
+    missing, unreadable, corrupt, empty, non-audio or non-finite file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    with _open(path) as f:
+        native_sr = f.samplerate
+        total = f.frames
+        limit = total
+        if max_seconds is not None and total > 0:
+            limit = min(total, int(math.ceil(max_seconds * native_sr)))
+            if limit < total:
+                logger.warning(
+                    "%s: read the first %.2f s of %.2f s (max_seconds=%s)", path, limit / native_sr, total / native_sr, max_seconds
+                )
+        try:
+            samples = f.read(frames=limit if limit > 0 else -1, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioDecodeError(path, f"corrupt or truncated audio data ({err})") from err
+    if 0 < total and samples.shape[0] < min(limit, total):
+        # libsndfile stops early on a truncated data chunk instead of failing: say so rather than
+        # return a shorter clip as if it were whole.
+        raise AudioDecodeError(
+            path, f"truncated audio data: header promises {min(limit, total)} frames, only {samples.shape[0]} decoded"
+        )
+    mono = to_mono(samples)
+    _validate_samples(path, mono)
+    peak = float(np.abs(mono).max())
+    if peak > 1.0:
+        logger.warning("%s: peak %.3f exceeds full scale; samples are kept as they are, not clipped", path, peak)
+    target = native_sr if sample_rate is None else int(sample_rate)
+    return resample(mono, native_sr, target), target
+
+
+def stream_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    block_seconds: float = 10.0,
+) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks of ``path`` at ``sample_rate`` in bounded memory.
+
+    The blocks concatenate to what :func:`load_audio` returns (up to resampler rounding at the very
+    end), so an hour-long recording can be processed without holding it in memory.
+    """
+    import soxr
+
+    path = Path(path)
+    with _open(path) as f:
+        native_sr = f.samplerate
+        target = native_sr if sample_rate is None else int(sample_rate)
+        block = max(1, int(block_seconds * native_sr))
+        resampler = soxr.ResampleStream(native_sr, target, 1, dtype="float32", quality="VHQ") if target != native_sr else None
+        seen = 0
+        for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+            mono = to_mono(chunk)
+            if not np.isfinite(mono).all():
+                raise NonFiniteAudioError(path, f"NaN or infinite samples near {seen / native_sr:.2f} s")
+            seen += mono.shape[0]
+            out = resampler.resample_chunk(mono, last=False) if resampler else mono
+            if out.size:
+                yield out
+        if seen == 0:
+            raise EmptyAudioError(path, "audio has zero samples")
+        if resampler:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                yield tail
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a longer recording: where it starts and its samples."""
+
+    start: float
+    end: float
+    samples: np.ndarray
+
+
+def split_windows(
+    samples: np.ndarray,
+    sample_rate: int,
+    window_seconds: float,
+    hop_seconds: float | None = None,
+) -> list[Window]:
+    """Cut a recording into windows of ``window_seconds`` every ``hop_seconds`` (overlap when hop < window).
+
+    The last window is aligned to the end of the recording so that no audio is dropped and no window
+    is mostly padding; a recording shorter than one window is returned whole.
+    """
+    hop_seconds = window_seconds if hop_seconds is None else hop_seconds
+    if window_seconds <= 0 or hop_seconds <= 0:
+        raise ValueError(f"window and hop must be positive, got {window_seconds}, {hop_seconds}")
+    win = int(round(window_seconds * sample_rate))
+    hop = int(round(hop_seconds * sample_rate))
+    n = len(samples)
+    if n <= win:
+        return [Window(0.0, n / sample_rate, samples)]
+    starts = list(range(0, n - win + 1, hop))
+    if starts[-1] + win < n:
+        starts.append(n - win)
+    return [Window(s / sample_rate, (s + win) / sample_rate, samples[s : s + win]) for s in starts]
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """Every file below ``root`` with an audio extension, sorted for a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AudioNotFoundError(root, "not a directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioError",
+    "AudioInfo",
+    "Window",
+    "audio_info",
+    "find_audio_files",
+    "load_audio",
+    "resample",
+    "split_windows",
+    "stream_audio",
+    "to_mono",
+]

@@ -1,0 +1,31 @@
+"""Shared test set-up: no test may reach the network, and shared caption data is optional."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before any test imports transformers/huggingface_hub, so nothing ever tries the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CAPTIONS = REPO_ROOT.parent / "shared" / "data" / "captions"
+
+
+@pytest.fixture
+def shared_captions() -> Path:
+    """``../shared/data/captions`` (real Clotho/AudioCaps caption CSVs); skips when it is absent."""
+    if not SHARED_CAPTIONS.is_dir():
+        pytest.skip(f"shared caption data not found at {SHARED_CAPTIONS}")
+    return SHARED_CAPTIONS
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
