@@ -1,0 +1,40 @@
+"""Console scripts: each maps to the ``main(argv)`` of a job module, imported only when run."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+
+def extract_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.extract import main
+
+    return main(argv)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.evaluate import main
+
+    return main(argv)
+
+
+def caption_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.caption import main
+
+    return main(argv)
+
+
+def metrics_main(argv: Sequence[str] | None = None) -> int:
+    from .metrics import main
+
+    return main(argv)
+
+
+def demo_data_main(argv: Sequence[str] | None = None) -> int:
+    from .data.synthetic import main
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(caption_main())
