@@ -1,1 +1,1 @@
-"""clap"""
+"""The CLAP tower: converters from LAION's original checkpoints to transformers' ClapModel (``convert``)."""
