@@ -368,6 +368,22 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
         # (from_pretrained still prefers a generation_config.json when the directory has one.)
         self.generation_config = reference_generation_config()
 
+    def adjust_generation_fn(self, generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **kwargs):
+        """After ``from_pretrained``: keep the reference CLI's generation settings unless the folder says otherwise.
+
+        The released checkpoint folders hold no ``generation_config.json``; transformers would then
+        derive one from ``config.json`` (20 tokens, greedy), which is not how the reference captions.
+        A folder that does carry a ``generation_config.json`` (e.g. written by ``save_pretrained``),
+        or an explicit ``generation_config=`` argument, is respected.
+        """
+        super().adjust_generation_fn(
+            generation_config, from_auto_class, from_pipeline, pretrained_model_name_or_path, **kwargs
+        )
+        if generation_config is None and pretrained_model_name_or_path is not None:
+            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            if folder.is_dir() and not (folder / "generation_config.json").is_file():
+                self.generation_config = reference_generation_config()
+
     def get_encoder(self, modality: str | None = None) -> EnClapBartEncoder:
         return self.model.encoder
 
@@ -435,11 +451,33 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
         ``labels`` (batch, target_length) are caption token ids (-100 ignored); the decoder input
         is ``labels`` shifted right when ``decoder_input_ids`` is not given. ``mcm_labels``
         (batch, length, num_rvq) hold the original codes at masked positions and -100 elsewhere.
+        With ``mcm_labels`` but no caption (no ``labels`` / decoder input) only the encoder runs and
+        ``logits`` is None.
         """
         if labels is not None:
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+        if mcm_labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            # MCM only (no caption): the decoder has nothing to read, run the encoder alone.
+            if encoder_outputs is None:
+                encoder_outputs = self.model.encoder(
+                    input_ids=input_ids,
+                    clap_embedding=clap_embedding,
+                    encodec_mask=encodec_mask,
+                    attention_mask=attention_mask,
+                    inputs_embeds=inputs_embeds,
+                    **kwargs,
+                )
+            mcm_loss = self.masked_codec_loss(encoder_outputs[0], mcm_labels)
+            return EnClapBartOutput(
+                loss=mcm_loss,
+                mcm_loss=mcm_loss,
+                encoder_last_hidden_state=encoder_outputs[0],
+                encoder_hidden_states=getattr(encoder_outputs, "hidden_states", None),
+                encoder_attentions=getattr(encoder_outputs, "attentions", None),
+            )
 
         outputs = self.model(
             input_ids,
