@@ -525,6 +525,19 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
 
+def _describe_key(item) -> str:
+    """A loading-report entry as text: a key, or (key, checkpoint shape, model shape)."""
+    if isinstance(item, tuple) and len(item) == 3:
+        key, found, expected = item
+        return f"{key} (checkpoint {list(found)}, model {list(expected)})"
+    return str(item)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err)
+    return text.splitlines()[0] if text else ""
+
+
 def load_enclap_model(
     name_or_path: str | Path,
     device: str | torch.device = "cpu",
@@ -548,20 +561,24 @@ def load_enclap_model(
         if attn_implementation is not None:
             extra["attn_implementation"] = attn_implementation
         try:
+            # Wrong shapes are reported below with the key names instead of transformers' bare RuntimeError.
             model, info = EnClapBartForConditionalGeneration.from_pretrained(
-                path, output_loading_info=True, weights_only=True, **extra
+                path, output_loading_info=True, weights_only=True, ignore_mismatched_sizes=True, **extra
             )
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        except pickle.UnpicklingError as err:
             raise CheckpointError(
-                f"{path}: the weights cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                f"{path}: the weights cannot be read safely ({type(err).__name__}: {_first_line(err)}). "
                 "Only tensors and plain containers are loaded, never arbitrary pickled code."
             ) from err
+        except (RuntimeError, EOFError) as err:
+            raise CheckpointError(f"{path}: the weights cannot be loaded ({type(err).__name__}: {_first_line(err)})") from err
         problems = []
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
-            found = list(info.get(kind) or [])
+            found = sorted((_describe_key(item) for item in info.get(kind) or []))
             if found:
-                problems.append(f"{kind.replace('_', ' ')}: {', '.join(map(str, sorted(found, key=str)[:20]))}"
-                                + (f" (+{len(found) - 20} more)" if len(found) > 20 else ""))
+                problems.append(
+                    f"{kind.replace('_', ' ')}: {', '.join(found[:20])}" + (f" (+{len(found) - 20} more)" if len(found) > 20 else "")
+                )
         if problems:
             raise CheckpointError(f"{path}: the checkpoint does not fit EnClapBartForConditionalGeneration: " + "; ".join(problems))
         return model
