@@ -301,7 +301,11 @@ def load_original_encodec(path: str, config: "Any | None" = None) -> "EncodecMod
 
 
 def _load_strict(model: Any, state: dict, source: str) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: the checkpoint is of another architecture
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:300])
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__} ({first})") from err
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{source}: does not fit {type(model).__name__}: missing {list(result.missing_keys)[:8]}"

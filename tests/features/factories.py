@@ -9,13 +9,38 @@ which would let wrong weight mappings or broken inputs go unnoticed).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import pytest
 import torch
 
 from enclap.features.clap_embed import ClapAudioEmbedder, laion_feature_extractor
 from enclap.features.codec import EncodecTokenizer
 from enclap.features.extractor import FeatureExtractor
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Temporarily run torch on one thread (see :func:`single_thread`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=False)
+def single_thread():
+    """Run a test with one torch thread (restored afterwards).
+
+    Under pytest-xdist each worker otherwise starts as many threads as there are cores, and the
+    oversubscribed OpenMP threads spin against each other: measured 10-100x slower small convolutions
+    and LSTMs on the 2-core CI machine. Test modules opt in with ``pytestmark = usefixtures(...)``.
+    """
+    with one_torch_thread():
+        yield
 
 
 def _randomise(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
@@ -69,16 +94,23 @@ def tiny_encodec_model(seed: int = 0, **config_overrides):
     model = EncodecModel(tiny_encodec_config(**config_overrides)).eval()
     _randomise(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        # Codewords at the scale of the encoder's output (measured on noise), halving per residual level,
-        # as the residuals of a trained RVQ shrink.
-        probe = model.encoder(torch.randn(1, model.config.audio_channels, 24_000, generator=gen) * 0.1)
-        level_scale = float(probe.std())
-        for level, layer in enumerate(model.quantizer.layers):
-            embed = torch.randn(layer.codebook.embed.shape, generator=gen) * level_scale * 0.5**level
+    with torch.no_grad(), one_torch_thread():
+        # Codewords drawn from the encoder's own outputs (and, level by level, from the residuals left by
+        # the levels before), as a k-means initialisation would: every level then splits real frames.
+        seconds = 16
+        t = torch.arange(seconds * 24_000) / 24_000
+        envelope = 0.02 + 0.3 * (1 + torch.sin(2 * torch.pi * 0.3 * t)) / 2
+        probe = torch.randn(t.shape, generator=gen) * envelope + 0.2 * torch.sin(2 * torch.pi * 440 * t * (1 + t / 8))
+        residual = model.encoder(probe.reshape(1, 1, -1).expand(1, model.config.audio_channels, -1))
+        frames = residual[0].t()  # (frames, dim)
+        for layer in model.quantizer.layers:
+            size = layer.codebook.embed.shape[0]
+            pick = torch.randint(0, frames.shape[0], (size,), generator=gen)
+            embed = frames[pick] + 0.01 * frames.std() * torch.randn(size, frames.shape[1], generator=gen)
             layer.codebook.embed.copy_(embed)
             layer.codebook.embed_avg.copy_(embed)
-            layer.codebook.cluster_size.copy_(torch.rand(layer.codebook.cluster_size.shape, generator=gen))
+            layer.codebook.cluster_size.copy_(torch.rand(size, generator=gen))
+            frames = frames - layer.decode(layer.encode(frames.t()[None]))[0].t()
     return model
 
 
@@ -99,7 +131,7 @@ def tiny_clap_config(projection_dim: int = 512, enable_fusion: bool = True, **au
     from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     patch_hidden = 8
-    depths = [1, 1]
+    depths = [2, 1]  # two blocks in stage 0, so a shifted-window block (with its mask) is exercised
     audio = dict(
         spec_size=256,
         num_mel_bins=64,
