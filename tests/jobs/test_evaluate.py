@@ -1,0 +1,170 @@
+"""evaluate.py end to end on a tiny random checkpoint: features and audio agree, resume, honest failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from enclap.jobs.evaluate import main
+
+from ..audio_helpers import tone, write_audio
+from ..conftest import REPO_ROOT
+from ..pipeline_factory import build_tiny_checkpoint
+
+METRICS = "bleu_1,bleu_4,rouge_l,cider_d"
+NUM_CLIPS = 5
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A checkpoint, audio + an evaluation CSV in EnCLAP's format, and the same clips' features in both layouts."""
+    from enclap.features.store import ShardWriter
+    from enclap.pipeline import CaptioningPipeline
+
+    # Features must be computed under the same thread count as the runs they are compared with:
+    # float reductions differ across thread counts, and a random model amplifies any difference.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval")
+    ckpt = build_tiny_checkpoint(root / "ckpt")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(NUM_CLIPS):
+        x = tone(0.5 + 0.25 * i, 22050, freq=150.0 * (i + 1), amplitude=0.3)
+        x = (x + 0.05 * rng.standard_normal(len(x))).astype(np.float32)
+        write_audio(root / "audio" / "test" / f"clip {i}.wav", x, 22050, subtype="PCM_16")
+        rows.append([f"test/clip {i}.npy"] + [f"a sound number {i} version {j}" for j in range(5)])
+    test_csv = root / "test.csv"
+    with open(test_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_path"] + [f"caption_{j + 1}" for j in range(5)])
+        writer.writerows(rows)
+
+    pipeline = CaptioningPipeline.from_pretrained(ckpt, device="cpu")
+    paths = [root / "audio" / "test" / f"clip {i}.wav" for i in range(NUM_CLIPS)]
+    features = pipeline.features.extract_files(paths)
+    with ShardWriter(root / "store", shard_size=2) as writer:
+        for i, feats in enumerate(features):
+            writer.add(f"test/clip {i}", feats)
+    for i, feats in enumerate(features):
+        for kind, array in (("encodec", feats.codes.astype(np.int64)), ("clap", feats.clap[None])):
+            target = root / kind / "test" / f"clip {i}.npy"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, array)
+    torch.set_num_threads(previous)
+    return {"root": root, "ckpt": ckpt, "csv": test_csv}
+
+
+def _run(setup, out_name, *extra):
+    save = setup["root"] / "out" / f"{out_name}.csv"
+    args = ["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["csv"]), "--save_path", str(save), "--metrics", METRICS, "-b", "2", *extra]
+    code = main(args)
+    return code, save
+
+
+def _predictions(path):
+    with open(path, newline="") as f:
+        return [(r["file_path"], r["prediction"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_features_npy_layout_and_audio_give_identical_predictions(setup):
+    root = setup["root"]
+    code_a, audio = _run(setup, "audio", "--audio_path", str(root / "audio"))
+    code_s, store = _run(setup, "store", "--features", str(root / "store"))
+    code_n, npy = _run(
+        setup, "npy", "--from_preprocessed", "--encodec_path", str(root / "encodec"), "--clap_path", str(root / "clap")
+    )
+    assert code_a == code_s == code_n == 0
+    assert _predictions(audio) == _predictions(store) == _predictions(npy)
+    assert [p for p, _ in _predictions(audio)] == [f"test/clip {i}.npy" for i in range(NUM_CLIPS)]
+    scores = [json.loads(p.with_suffix(".scores.json").read_text()) for p in (audio, store, npy)]
+    assert scores[0]["scores"] == scores[1]["scores"] == scores[2]["scores"]
+    assert set(scores[0]["scores"]) == set(METRICS.split(","))
+    assert scores[0]["num_clips"] == NUM_CLIPS and scores[0]["input"] == "audio"
+    with open(audio, newline="") as f:
+        header = next(csv.reader(f))
+    assert header == ["file_path", "prediction"] + [f"caption_{j + 1}" for j in range(5)]
+    assert not audio.with_name(audio.name + ".partial").exists()
+
+
+@pytest.mark.slow
+def test_scores_equal_the_scorer_on_the_saved_predictions_and_per_clip(setup):
+    from enclap.metrics import CaptionScorer
+
+    code, path = _run(setup, "perclip", "--features", str(setup["root"] / "store"), "--per_clip")
+    assert code == 0
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    candidates = [r["prediction"] for r in rows]
+    references = [[r[f"caption_{j + 1}"] for j in range(5)] for r in rows]
+    expected = CaptionScorer(METRICS).score(candidates, references, per_clip=True)
+    saved = json.loads(path.with_suffix(".scores.json").read_text())["scores"]
+    assert saved == pytest.approx(expected.corpus, abs=1e-9)
+    for name in METRICS.split(","):
+        assert [float(r[name]) for r in rows] == pytest.approx(expected.per_clip[name], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_keeps_finished_predictions(setup):
+    save = setup["root"] / "out" / "resume.csv"
+    save.parent.mkdir(parents=True, exist_ok=True)
+    partial = save.with_name(save.name + ".partial")
+    # What an interrupted run left behind: two clips already captioned.
+    partial.write_text('test/clip 0.npy,PRESET zero\ntest/clip 3.npy,PRESET three\n')
+    code, _ = _run(setup, "resume", "--features", str(setup["root"] / "store"))
+    assert code == 0
+    predictions = dict(_predictions(save))
+    assert predictions["test/clip 0.npy"] == "PRESET zero" and predictions["test/clip 3.npy"] == "PRESET three"
+    _, fresh = _run(setup, "fresh", "--features", str(setup["root"] / "store"))
+    fresh_predictions = dict(_predictions(fresh))
+    for key in ("test/clip 1.npy", "test/clip 2.npy", "test/clip 4.npy"):
+        assert predictions[key] == fresh_predictions[key]
+
+
+@pytest.mark.slow
+def test_missing_audio_fails_naming_the_clip_and_keeps_work(setup, tmp_path, capsys):
+    audio = tmp_path / "audio"
+    (audio / "test").mkdir(parents=True)
+    for i in (0, 1, 2, 4):  # clip 3 is missing
+        src = setup["root"] / "audio" / "test" / f"clip {i}.wav"
+        (audio / "test" / src.name).write_bytes(src.read_bytes())
+    save = tmp_path / "preds.csv"
+    code = main(["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["csv"]), "--audio_path", str(audio),
+                 "--save_path", str(save), "--metrics", METRICS])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "clip 3" in err and "could not be captioned" in err
+    partial = save.with_name(save.name + ".partial")
+    with open(partial, newline="") as f:
+        assert len(list(csv.reader(f))) == NUM_CLIPS - 1
+    assert not save.exists()
+
+
+def test_usage_errors_are_clear(setup, capsys):
+    code = main(["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["csv"]), "--from_preprocessed"])
+    assert code == 2 and "--encodec_path and --clap_path" in capsys.readouterr().err
+    code = main(["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["csv"])])
+    assert code == 2 and "--audio_path" in capsys.readouterr().err
+    code = main(["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["root"] / "nope.csv"), "--features", "x"])
+    assert code == 2 and "nope.csv" in capsys.readouterr().err
+
+
+def test_entry_point_help():
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate.py"), "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--ckpt", "--clap_ckpt", "--test_csv", "--from_preprocessed", "--encodec_path", "--clap_path", "--audio_path", "--save_path"):
+        assert flag in out.stdout
