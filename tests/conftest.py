@@ -29,3 +29,19 @@ def shared_captions() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (restored afterwards).
+
+    Under pytest-xdist each worker otherwise starts as many threads as there are cores and they spin
+    against each other; and tests that compare two runs of a float computation need both runs under
+    the same thread count, since reductions differ across thread counts.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,7 +14,7 @@ from enclap.pipeline import CaptioningPipeline, GenerationSettings, PipelineSett
 from .audio_helpers import tone, write_audio, write_bad_files
 from .pipeline_factory import build_tiny_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,6 @@ def pipeline(checkpoint):
     return CaptioningPipeline.from_pretrained(checkpoint, device="cpu", batch_size=3)
 
 
-@pytest.fixture
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _clips(tmp_path, n=5):

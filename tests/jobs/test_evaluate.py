@@ -21,12 +21,8 @@ METRICS = "bleu_1,bleu_4,rouge_l,cider_d"
 NUM_CLIPS = 5
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
