@@ -233,6 +233,17 @@ def make_zip(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def make_7z(members: dict[str, bytes]) -> bytes:
+    """A real 7z archive, the format Clotho's audio ships in."""
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(data, name)
+    return buf.getvalue()
+
+
 def test_extract_zip_once(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(make_zip({"top/x.txt": b"x", "top/sub/y.txt": b"y"}))
@@ -350,7 +361,7 @@ def test_unknown_dataset_and_subset(tmp_path):
 
 
 def test_clotho_layout_and_manifests(server, tmp_path):
-    """The whole Clotho flow on a tiny stand-in (zip instead of 7z): EnCLAP split names and manifests."""
+    """The whole Clotho flow on tiny 7z archives: EnCLAP split names and manifests."""
     table = {}
     for subset, names in {"development": ["a b.wav", "c.wav"], "evaluation": ["e.f.wav"]}.items():
         captions = io.StringIO()
@@ -358,9 +369,9 @@ def test_clotho_layout_and_manifests(server, tmp_path):
         writer.writerow(["file_name"] + [f"caption_{i}" for i in range(1, 6)])
         for name in names:
             writer.writerow([name] + [f"{name} caption {i}" for i in range(1, 6)])
-        archive = make_zip({f"{subset}/{name}": b"RIFF" for name in names})
+        archive = make_7z({f"{subset}/{name}": b"RIFF" for name in names})
         table[subset] = [
-            server.remote(f"clotho_audio_{subset}.zip", archive, md5=md5(archive)),
+            server.remote(f"clotho_audio_{subset}.7z", archive, md5=md5(archive)),
             server.remote(f"clotho_captions_{subset}.csv", captions.getvalue().encode(), md5=md5(captions.getvalue().encode())),
         ]
     root = download_dataset("clotho", tmp_path / "clotho", files=table, progress=False)
