@@ -11,17 +11,12 @@ aac-metrics looks for its jars under ``<cache>/aac-metrics/`` (``<cache>`` = ``c
 many clusters cannot reach; :func:`provision_resources` (``enclap-metrics setup``) places them from the PyPI
 wheel ``pycocoevalcap==1.2`` instead (symlinks, or copies where needed), never writing into site-packages:
 
-==========================================  =======================================================  ==============
-file under ``<cache>/aac-metrics/``         used by                                                  source
-==========================================  =======================================================  ==============
-``stanford_nlp/stanford-corenlp-3.4.1.jar``  PTB tokenizer (every metric: captions are tokenised)     pycocoevalcap
-``meteor/meteor-1.5.jar``                    METEOR                                                   pycocoevalcap
-``meteor/data/paraphrase-en.gz``             METEOR (English paraphrase table)                        pycocoevalcap
-``spice/spice-1.0.jar`` (copied)             SPICE                                                    pycocoevalcap
-``spice/lib/*.jar`` (17 jars)                SPICE                                                    pycocoevalcap
-``spice/lib/stanford-corenlp-3.6.0.jar``     SPICE                                                    **you**
-``spice/lib/stanford-corenlp-3.6.0-models.jar``  SPICE                                               **you**
-==========================================  =======================================================  ==============
+- ``stanford_nlp/stanford-corenlp-3.4.1.jar``: the PTB tokenizer (every metric scores tokenised captions);
+- ``meteor/meteor-1.5.jar`` and ``meteor/data/paraphrase-en.gz``: METEOR (English);
+- ``spice/spice-1.0.jar`` (copied, so that its manifest's ``lib/`` path resolves next to it) and
+  ``spice/lib/*.jar`` (17 jars): SPICE;
+- ``spice/lib/stanford-corenlp-3.6.0.jar`` and ``spice/lib/stanford-corenlp-3.6.0-models.jar``: SPICE, given by
+  **you** (see below).
 
 The two Stanford CoreNLP 3.6.0 jars are in no package registry. They are inside
 ``stanford-corenlp-full-2015-12-09.zip`` (https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip,
@@ -208,7 +203,8 @@ class ScoreReport:
     the same keys except ``vocab.*`` (corpus-level only), one value per candidate, when asked for;
     ``unavailable`` maps each requested metric that did not run to the reason and how to enable it.
     ``notes`` records what was done to the input (empty captions, skipped clips ...). ``indices`` is set by
-    :func:`reference_ceiling`: the input positions of the clips that ``per_clip`` values belong to.
+    :func:`reference_ceiling`: the input positions of the clips that ``per_clip`` values belong to; ``rounds``
+    too: the corpus scores of each leave-one-out round (``corpus`` is their mean).
     """
 
     corpus: dict[str, float]
@@ -217,6 +213,7 @@ class ScoreReport:
     num_candidates: int
     notes: list[str] = field(default_factory=list)
     indices: list[int] | None = None
+    rounds: list[dict[str, float]] | None = None
 
     def to_dict(self) -> dict:
         """A JSON-serialisable copy."""
@@ -229,6 +226,8 @@ class ScoreReport:
         }
         if self.indices is not None:
             out["indices"] = list(self.indices)
+        if self.rounds is not None:
+            out["rounds"] = [dict(r) for r in self.rounds]
         return out
 
 
@@ -1051,7 +1050,15 @@ class CaptionScorer:
 
         # 1. One PTB run for candidates and references together.
         flat = cands_raw + [r for refs in refs_raw for r in refs]
-        tokens = ptb_tokenize(flat, self.java.path, self.cache_dir, self.tmp_dir)
+        try:
+            tokens = ptb_tokenize(flat, self.java.path, self.cache_dir, self.tmp_dir)
+        except (RuntimeError, OSError, MetricUnavailableError) as err:
+            # every metric scores tokenised text: without the tokenizer none can run
+            if self.strict:
+                raise MetricUnavailableError(f"the PTB tokenizer failed: {err}") from err
+            logger.error("PTB tokenizer failed: %s", err)
+            unavailable.update({m: f"the PTB tokenizer failed: {err}" for m in runnable})
+            return corpora, sentence, unavailable, notes
         cands = [" ".join(t) for t in tokens[:n]]
         refs: list[list[str]] = []
         pos, dropped, no_refs = n, 0, []
@@ -1340,6 +1347,7 @@ def reference_ceiling(
         num_candidates=len(kept),
         notes=notes + more_notes,
         indices=kept,
+        rounds=corpora,
     )
 
 

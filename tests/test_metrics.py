@@ -731,26 +731,121 @@ def test_reference_ceiling_is_leave_one_out(cache: Path, tmp_path: Path) -> None
             for (clip, _, _), value in zip(members, scores[name][1]):
                 clip_values[clip].append(value)
         assert report.per_clip[name] == pytest.approx([sum(v) / len(v) for v in clip_values], abs=1e-9), name
-    # METEOR: one Java process scores every round (one EVAL line each). The multi-corpus scorer must give
-    # aac-metrics' own METEOR for a round (the last, whose EVAL comes after the others), and the ceiling
-    # is the mean of the per-round aggregates.
-    pairs = [m for r in rounds for m in r]
-    groups, start = [], 0
-    for r in rounds:
-        groups.append(list(range(start, start + len(r))))
-        start += len(r)
-    sentence, corpora = M.meteor_scores([m[1] for m in pairs], [m[2] for m in pairs], groups, java=java, cache_dir=cache)
+    for name in report.corpus:
+        assert report.corpus[name] == pytest.approx(sum(r[name] for r in report.rounds) / len(report.rounds), abs=1e-12)
+    # METEOR: one Java process scored every round (one EVAL line each); the last round, whose EVAL came after
+    # the others, must equal aac-metrics' own METEOR on that round alone.
     last = rounds[-1]
-    aac_corpus, aac_sents = meteor([m[1] for m in last], [m[2] for m in last], cache_path=str(cache), java_path=java)
-    assert corpora[-1] == pytest.approx(float(aac_corpus["meteor"]), abs=1e-9)
-    assert sentence[groups[-1][0] :] == pytest.approx(aac_sents["meteor"].tolist(), abs=1e-9)
-    assert report.corpus["meteor"] == pytest.approx(sum(corpora) / len(corpora), abs=1e-9)
-    clip_meteor = [[] for _ in tok]
-    for (clip, _, _), value in zip(pairs, sentence):
-        clip_meteor[clip].append(value)
-    assert report.per_clip["meteor"] == pytest.approx([sum(v) / len(v) for v in clip_meteor], abs=1e-9)
+    aac_corpus, _ = meteor([m[1] for m in last], [m[2] for m in last], cache_path=str(cache), java_path=java)
+    assert report.rounds[-1]["meteor"] == pytest.approx(float(aac_corpus["meteor"]), abs=1e-9)
+    assert len(report.rounds) == 3 and len(report.per_clip["meteor"]) == 4
+    assert all(0.0 < v < 1.0 for v in report.per_clip["meteor"])
+    data = report.to_dict()
+    assert data["indices"] == [0, 1, 3, 4] and len(data["rounds"]) == 3
 
 
 def test_reference_ceiling_needs_two_references(cache: Path) -> None:
     with pytest.raises(ValueError, match="at least 2 clips with 2 or more"):
         M.reference_ceiling([["only one"], ["one", "two"], ["three", ""]], ("bleu_1",), cache_dir=cache)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# FENSE works when its models are available locally (tiny random stand-ins, no hub)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_fense_models(root: Path) -> tuple[str, str]:
+    """A tiny random BERT (tokenizer + weights) saved locally, and an error-detector checkpoint in FENSE's
+    format whose encoder is that BERT. Returns (sbert model path, echecker name); FENSE_DATA must be root."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sentence_transformers")
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from aac_metrics.functional.fer import BERTFlatClassifier
+
+    words = "a dog barks cars pass by rain falls on metal roof man speaks door slams birds chirp the distance water flows".split()
+    encoder = root / "tiny-bert"
+    encoder.mkdir(parents=True)
+    (encoder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(words))) + "\n")
+    BertTokenizerFast(vocab_file=str(encoder / "vocab.txt")).save_pretrained(encoder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=5 + len(set(words)), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertModel(config).save_pretrained(encoder)
+    classifier = BERTFlatClassifier(str(encoder), num_classes=6)
+    state = classifier.state_dict()
+    state["encoder.embeddings.position_ids"] = torch.arange(64)[None]  # FENSE's checkpoints carry it
+    name = "echecker_clotho_audiocaps_tiny"
+    torch.save({"model_type": str(encoder), "num_classes": 6, "state_dict": state}, root / f"{name}.ckpt")
+    return str(encoder), name
+
+
+@pytest.mark.slow
+def test_fense_runs_with_local_models_and_equals_aac_metrics(monkeypatch, cache: Path, tmp_path: Path) -> None:
+    _java()
+    monkeypatch.setenv("FENSE_DATA", str(tmp_path))
+    sbert, echecker = _tiny_fense_models(tmp_path)
+    statuses = M.metric_availability(("fense",), cache, fense_sbert_model=sbert, fense_echecker=echecker)
+    assert statuses["fense"].available, statuses["fense"]
+    scorer = M.CaptionScorer(("fense", "bleu_1"), cache_dir=cache, device="cpu", fense_sbert_model=sbert, fense_echecker=echecker)
+    report = scorer.score(PLAIN_CANDS, PLAIN_REFS, per_clip=True)
+    assert report.unavailable == {} and set(report.corpus) == {"fense", "bleu_1"}
+
+    from aac_metrics.functional.fense import fense
+
+    corpus, sents = fense(PLAIN_CANDS, PLAIN_REFS, sbert_model=sbert, echecker=echecker, device="cpu")
+    assert report.corpus["fense"] == pytest.approx(float(corpus["fense"]), abs=1e-6)
+    assert report.per_clip["fense"] == pytest.approx(sents["fense"].tolist(), abs=1e-6)
+    again = scorer.score(PLAIN_CANDS, PLAIN_REFS)  # models are kept: same numbers, no reload
+    assert again.corpus["fense"] == pytest.approx(report.corpus["fense"], abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Failures at run time and the command line end to end (tokenizer only: no METEOR start)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_broken_tokenizer_jar_is_reported_not_raised(cache: Path, tmp_path: Path) -> None:
+    _java()
+    broken = tmp_path / "broken"
+    M.provision_resources(broken, copy=True)
+    jar = broken / "aac-metrics/stanford_nlp/stanford-corenlp-3.4.1.jar"
+    jar.write_bytes(b"not a jar")
+    scorer = M.CaptionScorer(("bleu_1", "rouge_l"), cache_dir=broken, provision=False)
+    report = scorer.score(["a dog barks", "rain"], [["a dog"], ["rain falls"]])
+    assert report.corpus == {} and set(report.unavailable) == {"bleu_1", "rouge_l"}
+    assert "PTB tokenizer failed" in report.unavailable["bleu_1"]
+    strict = M.CaptionScorer(("bleu_1",), cache_dir=broken, provision=False, strict=True)
+    with pytest.raises(MetricUnavailableError, match="PTB tokenizer failed"):
+        strict.score(["a dog barks", "rain"], [["a dog"], ["rain falls"]])
+
+
+@pytest.mark.slow
+def test_cli_score_and_ceiling_write_reports(cache: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    _java()
+    refs_csv = _write_csv(
+        tmp_path / "refs.csv",
+        [["file_path", "caption_1", "caption_2", "caption_3"]] + [[f"clip{i}.wav"] + (refs[:3] + ["", ""])[:3] for i, refs in enumerate(PLAIN_REFS)],
+    )
+    preds_csv = _write_csv(tmp_path / "preds.csv", [["file_path", "caption"]] + [[f"clip{i}.wav", c] for i, c in enumerate(PLAIN_CANDS)])
+    common = ["--cache-dir", str(cache), "--metrics", "bleu_4,rouge_l,cider_d"]
+    assert M.main(["score", str(preds_csv), "--references", str(refs_csv), "--json", str(tmp_path / "s.json"),
+                   "--per-clip", str(tmp_path / "s.csv"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "CIDEr-D" in out and "6 candidate(s)" in out
+    data = json.loads((tmp_path / "s.json").read_text())
+    expected = M.CaptionScorer(("bleu_4", "rouge_l", "cider_d"), cache_dir=cache).score(PLAIN_CANDS, [r[:3] for r in PLAIN_REFS])
+    assert data["corpus"] == pytest.approx(expected.corpus, abs=1e-12)
+    with open(tmp_path / "s.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file_path", "bleu_4", "rouge_l", "cider_d"] and [r[0] for r in rows[1:]] == [f"clip{i}.wav" for i in range(6)]
+
+    assert M.main(["ceiling", str(refs_csv), "--json", str(tmp_path / "c.json"), "--per-clip", str(tmp_path / "c.csv"), *common]) == 0
+    ceiling = json.loads((tmp_path / "c.json").read_text())
+    assert set(ceiling["corpus"]) == {"bleu_4", "rouge_l", "cider_d"} and len(ceiling["rounds"]) == 3
+    # clip 5 has 2 references, the others 3: all 6 clips are scored
+    with open(tmp_path / "c.csv", newline="") as f:
+        assert len(list(csv.reader(f))) == 7
