@@ -4,8 +4,8 @@ The captioner reads EnCodec codes of the 24 kHz model at 12 kbps (16 codebooks, 
 module wraps :class:`transformers.EncodecModel` and adds what a feature-extraction job needs:
 
 * **Batch independence.** A clip's codes are exactly those of encoding the clip alone, whatever it is
-  batched with. Measured on the 24 kHz architecture (random weights; see ``bench/bench_codec.py`` and
-  ``tests/features/test_codec.py``):
+  batched with. Measured on the 24 kHz architecture (full-size config, random
+  weights, CPU; ``tests/features/test_codec.py`` checks the same on the tiny test model):
 
   - zero-padding a shorter clip to a longer one changes its *last* frame: the model's convolutions
     reflect-pad the right edge of each layer's input up to a multiple of the layer's stride, and in a
@@ -150,6 +150,9 @@ class EncodecTokenizer:
 
     def _encode_equal_length(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         import torch
+
+        if len(clips) > 1 and not self._batching_ok:
+            return [codes for clip in clips for codes in self._encode_equal_length([clip])]
 
         batch = torch.from_numpy(np.stack(clips)).to(self.device)[:, None, :]
         if self.audio_channels == 2:  # a stereo model hears the mono clip on both channels

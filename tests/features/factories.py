@@ -90,9 +90,10 @@ def tiny_encodec_model(seed: int = 0, **config_overrides):
     """A random tiny EncodecModel whose codebooks are spread so that codes vary frame to frame."""
     from transformers import EncodecModel
 
-    torch.manual_seed(seed)
-    model = EncodecModel(tiny_encodec_config(**config_overrides)).eval()
-    _randomise(model, seed)
+    with one_torch_thread():  # construction runs many tiny ops: threads only contend here
+        torch.manual_seed(seed)
+        model = EncodecModel(tiny_encodec_config(**config_overrides)).eval()
+        _randomise(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad(), one_torch_thread():
         # Codewords drawn from the encoder's own outputs (and, level by level, from the residuals left by
@@ -172,9 +173,10 @@ def tiny_clap_model(seed: int = 0, projection_dim: int = 512, enable_fusion: boo
     """A random tiny ClapModel (fusion by default, like laion/clap-htsat-fused)."""
     from transformers import ClapModel
 
-    torch.manual_seed(seed)
-    model = ClapModel(tiny_clap_config(projection_dim, enable_fusion, **audio_overrides)).eval()
-    _randomise(model, seed)
+    with one_torch_thread():
+        torch.manual_seed(seed)
+        model = ClapModel(tiny_clap_config(projection_dim, enable_fusion, **audio_overrides)).eval()
+        _randomise(model, seed)
     return model
 
 
@@ -190,9 +192,10 @@ def save_tiny_clap(directory: Path, seed: int = 0, *, enable_fusion: bool = True
 def tiny_feature_extractor(tmp_path: Path, seed: int = 0, batch_size: int = 4) -> FeatureExtractor:
     """A FeatureExtractor over tiny models saved under ``tmp_path`` and loaded back via from_pretrained."""
     tmp_path = Path(tmp_path)
-    encodec_dir = save_tiny_encodec(tmp_path / "tiny_encodec", seed)
-    clap_dir = save_tiny_clap(tmp_path / "tiny_clap", seed)
-    return FeatureExtractor(
-        EncodecTokenizer.from_pretrained(str(encodec_dir), batch_size=batch_size),
-        ClapAudioEmbedder.from_pretrained(str(clap_dir), batch_size=batch_size),
-    )
+    with one_torch_thread():
+        encodec_dir = save_tiny_encodec(tmp_path / "tiny_encodec", seed)
+        clap_dir = save_tiny_clap(tmp_path / "tiny_clap", seed)
+        return FeatureExtractor(
+            EncodecTokenizer.from_pretrained(str(encodec_dir), batch_size=batch_size),
+            ClapAudioEmbedder.from_pretrained(str(clap_dir), batch_size=batch_size),
+        )

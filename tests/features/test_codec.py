@@ -121,7 +121,8 @@ def test_batch_variant_backend_falls_back_to_single_clips(model, caplog):
     last_conv = variant.encoder.layers[-1]
     handle = last_conv.register_forward_hook(lambda mod, inp, out: out + 1e-2 * (out.shape[0] - 1))
     try:
-        clips = [_clip(0.5, i) for i in range(3)] + [_clip(0.8, i) for i in range(3)]
+        # seven clips of one length: batches of 3, 3 and 1; the first batch reveals the variance
+        clips = [_clip(0.5, i) for i in range(7)] + [_clip(0.8, i) for i in range(3)]
         tok = EncodecTokenizer(variant, batch_size=3)
         with caplog.at_level(logging.WARNING):
             batched = tok.encode(clips)
