@@ -612,7 +612,7 @@ def _echecker_problems(echecker: str) -> list[str]:
     except Exception as err:  # a corrupt or foreign file: say so rather than crash the check
         return [f"the FENSE error detector {ckpt} cannot be read ({type(err).__name__}: {err})"]
     if not _hf_cached(str(model_type), ("config.json",)):
-        return [f"the error detector's encoder '{model_type}' is not in the Hugging Face cache"]
+        return [f"the error detector's encoder '{model_type}' is neither a local folder nor in the Hugging Face cache"]
     return []
 
 
@@ -623,7 +623,7 @@ def _fense_problems(sbert_model: str, echecker: str, *, need_sbert: bool) -> lis
     if need_sbert:
         repo = sbert_model if "/" in sbert_model else f"sentence-transformers/{sbert_model}"
         if not (_hf_cached(sbert_model, ("modules.json", "config.json")) or _hf_cached(repo, ("modules.json", "config.json"))):
-            problems.append(f"the SBERT model '{sbert_model}' is not in the Hugging Face cache")
+            problems.append(f"the SBERT model '{sbert_model}' is neither a local folder nor in the Hugging Face cache")
     return problems + _echecker_problems(echecker)
 
 
