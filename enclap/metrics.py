@@ -798,40 +798,62 @@ def _meteor_text(text: str) -> str:
     return text.replace("|||", "").replace("  ", " ")
 
 
-def meteor_scores(
-    candidates: Sequence[str],
-    references: Sequence[Sequence[str]],
-    corpora: Sequence[Sequence[int]],
-    *,
-    java: str | os.PathLike,
-    cache_dir: str | os.PathLike,
-    language: str = "en",
-    max_memory: str = "2G",
-) -> tuple[list[float], list[float]]:
-    """METEOR 1.5 sentence scores and one corpus score per index set of ``corpora``, from one Java process.
+class MeteorProcess:
+    """A running METEOR 1.5, the program and options of aac-metrics' ``meteor`` (``-stdio -l en -norm``).
 
-    Same program, options and protocol as aac-metrics' ``meteor`` (``-stdio -l en -norm``): each pair is sent
-    as a ``SCORE`` line returning its statistics, then one ``EVAL`` line per corpus aggregates them. Scoring
-    several corpora (e.g. the rounds of :func:`reference_ceiling`) so costs one start-up and one load of the
-    paraphrase table, which is most of METEOR's time.
+    Start-up (the JVM and the ~60 MB paraphrase table) is most of METEOR's time, so the scorer starts this
+    process first and tokenises and computes the other metrics while it loads. :meth:`score` sends each pair
+    as a ``SCORE`` line returning its statistics, then one ``EVAL`` line per corpus aggregates them, so
+    several corpora (the rounds of :func:`reference_ceiling`) cost one start-up.
     """
-    root = Path(cache_dir)
-    jar = root / METEOR_JAR
-    cmd = [str(java), "-Duser.country=US", "-Duser.language=en", f"-Xmx{max_memory}", "-jar", str(jar), "-", "-", "-stdio", "-l", language, "-norm"]
-    lines = [
-        f"SCORE ||| {' ||| '.join(_meteor_text(r) for r in refs)} ||| {_meteor_text(cand)}\n".encode("utf-8")
-        for cand, refs in zip(candidates, references)
-    ]
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
-        assert proc.stdin is not None and proc.stdout is not None
 
-        def fail(what: str) -> RuntimeError:
-            proc.kill()
-            proc.wait()
-            stderr.seek(0)
-            tail = stderr.read().decode("utf-8", "replace").strip()[-1200:]
-            return RuntimeError(f"METEOR ({jar}) {what}: {tail or 'no error output'}")
+    def __init__(self, java: str | os.PathLike, cache_dir: str | os.PathLike, *, language: str = "en", max_memory: str = "2G") -> None:
+        self.jar = Path(cache_dir) / METEOR_JAR
+        if not self.jar.is_file():
+            raise MetricUnavailableError(f"METEOR jar missing ({self.jar}): {SETUP_HOW_TO}")
+        cmd = [str(java), "-Duser.country=US", "-Duser.language=en", f"-Xmx{max_memory}", "-jar", str(self.jar),
+               "-", "-", "-stdio", "-l", language, "-norm"]
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+
+    def __enter__(self) -> "MeteorProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the process (idempotent)."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            self._proc.kill()
+        self._proc.wait()
+        self._stderr.close()
+
+    def _failure(self, what: str) -> RuntimeError:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._stderr.seek(0)
+        tail = self._stderr.read().decode("utf-8", "replace").strip()[-1200:]
+        return RuntimeError(f"METEOR ({self.jar}) {what}: {tail or 'no error output'}")
+
+    def score(
+        self,
+        candidates: Sequence[str],
+        references: Sequence[Sequence[str]],
+        corpora: Sequence[Sequence[int]],
+    ) -> tuple[list[float], list[float]]:
+        """Sentence scores of every pair and one corpus score per index list of ``corpora``."""
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        lines = [
+            f"SCORE ||| {' ||| '.join(_meteor_text(r) for r in refs)} ||| {_meteor_text(cand)}\n".encode("utf-8")
+            for cand, refs in zip(candidates, references)
+        ]
 
         def write_all() -> None:
             # A separate writer: METEOR answers each line as it reads it, and writing everything before
@@ -849,8 +871,9 @@ def meteor_scores(
         for _ in lines:
             out = proc.stdout.readline()
             if not out:
+                error = self._failure("stopped")
                 writer.join()
-                raise fail("stopped")
+                raise error
             stats.append(out.decode().strip())
         writer.join()
         sentence: list[float] = [math.nan] * len(lines)
@@ -859,19 +882,29 @@ def meteor_scores(
             for group in corpora:
                 proc.stdin.write(("EVAL ||| " + " ||| ".join(stats[i] for i in group) + "\n").encode())
                 proc.stdin.flush()
-                values = [proc.stdout.readline().strip() for _ in range(len(group) + 1)]
-                numbers = [float(v) for v in values]
+                numbers = [float(proc.stdout.readline().strip()) for _ in range(len(group) + 1)]
                 for i, value in zip(group, numbers[:-1]):
                     sentence[i] = value
                 corpus.append(numbers[-1])
-        except (ValueError, BrokenPipeError, OSError) as err:
-            raise fail(f"returned no score ({err})") from err
-        finally:
-            if proc.poll() is None:
-                proc.stdin.close()
-                proc.kill()
-                proc.wait()
-    return sentence, corpus
+        except (ValueError, OSError) as err:
+            raise self._failure(f"returned no score ({err})") from err
+        return sentence, corpus
+
+
+def meteor_scores(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    corpora: Sequence[Sequence[int]],
+    *,
+    java: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    language: str = "en",
+    max_memory: str = "2G",
+) -> tuple[list[float], list[float]]:
+    """METEOR 1.5 sentence scores and one corpus score per index list of ``corpora``, from one Java process
+    (see :class:`MeteorProcess`)."""
+    with MeteorProcess(java, cache_dir, language=language, max_memory=max_memory) as process:
+        return process.score(candidates, references, corpora)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1036,17 +1069,41 @@ class CaptionScorer:
         Tokenisation, METEOR, SPICE and FENSE run once over all pairs; corpus-dependent metrics (BLEU,
         CIDEr-D, Vocab, METEOR's aggregation) are computed per group.
         """
-        import numpy as np
-
         unavailable = dict(self.unavailable)
         runnable = [m for m in self.metrics if m not in unavailable]
+        if not runnable:
+            return [{} for _ in groups], {}, unavailable, []
+        assert self.java is not None  # every runnable metric needs Java for the tokenizer
+        needed = set().union(*(_NEEDS[m] for m in runnable))
+        meteor: MeteorProcess | MetricUnavailableError | OSError | None = None
+        if "meteor" in needed:
+            try:  # started first: it loads while the tokenizer and the other metrics run
+                meteor = MeteorProcess(self.java.path, self.cache_dir)
+            except (MetricUnavailableError, OSError) as err:
+                meteor = err
+        try:
+            return self._evaluate_started(cands_raw, refs_raw, groups, unavailable, runnable, needed, meteor)
+        finally:
+            if isinstance(meteor, MeteorProcess):
+                meteor.close()
+
+    def _evaluate_started(
+        self,
+        cands_raw: list[str],
+        refs_raw: list[list[str]],
+        groups: list[list[int]],
+        unavailable: dict[str, str],
+        runnable: list[str],
+        needed: set[str],
+        meteor: Any,
+    ) -> tuple[list[dict[str, float]], dict[str, list[float]], dict[str, str], list[str]]:
+        import numpy as np
+
+        assert self.java is not None
         notes: list[str] = []
         n = len(cands_raw)
         sentence: dict[str, list[float]] = {}
         corpora: list[dict[str, float]] = [{} for _ in groups]
-        if not runnable:
-            return corpora, sentence, unavailable, notes
-        assert self.java is not None  # every runnable metric needs Java for the tokenizer
 
         # 1. One PTB run for candidates and references together.
         flat = cands_raw + [r for refs in refs_raw for r in refs]
@@ -1080,7 +1137,6 @@ class CaptionScorer:
         if dropped:
             notes.append(f"{dropped} empty reference(s) left out of their clip's references")
 
-        needed = set().union(*(_NEEDS[m] for m in runnable))
         failed: dict[str, str] = {}  # internal computation -> reason it failed at run time
         values: dict[str, Any] = {}  # internal computation -> per-pair numpy array
         group_scores: list[dict[str, float]] = [{} for _ in groups]
@@ -1155,7 +1211,9 @@ class CaptionScorer:
         if "meteor" in needed:
 
             def meteor_part() -> None:
-                sent, corp = meteor_scores(cands, refs, groups, java=self.java.path, cache_dir=self.cache_dir)
+                if not isinstance(meteor, MeteorProcess):
+                    raise MetricUnavailableError(f"METEOR could not start: {meteor}")
+                sent, corp = meteor.score(cands, refs, groups)
                 values["meteor"] = np.asarray(sent)
                 for g, value in enumerate(corp):
                     group_scores[g]["meteor"] = value
