@@ -92,6 +92,30 @@ def test_batch_independence(which, request):
     np.testing.assert_array_equal(shuffled, together[order])
 
 
+def test_row_dependent_backend_falls_back_to_canonical(caplog):
+    """If rows of a forward ever influenced each other, embeddings still equal the canonical ones."""
+    import logging
+
+    model = tiny_clap_model(seed=6)
+    extractor = laion_feature_extractor(enable_fusion=True)
+    clips = [_clip(s, 30 + i) for i, s in enumerate([2.0, 3.0, 4.0, 12.0, 5.0, 6.0, 7.0])]
+    clean = ClapAudioEmbedder(model, extractor).embed(clips[:1])
+    # a hook whose output depends on the row index stands in for a backend that is not row-invariant
+    handle = model.audio_projection.register_forward_hook(
+        lambda mod, inp, out: out + 1e-3 * torch.arange(out.shape[0], dtype=out.dtype)[:, None]
+    )
+    try:
+        embedder = ClapAudioEmbedder(model, extractor, batch_size=8)
+        with caplog.at_level(logging.WARNING):
+            hooked = embedder.embed(clips)
+        assert "computing every clip alone" in caplog.text and embedder._fixed_shape_ok is False
+    finally:
+        handle.remove()
+    reference = ClapAudioEmbedder(model, extractor).embed(clips)  # no hook: the canonical embeddings
+    np.testing.assert_array_equal(hooked, reference)
+    np.testing.assert_array_equal(hooked[:1], clean)
+
+
 def test_repeated_runs_and_global_rng_untouched(fused, tmp_path):
     clips = [_clip(21.0, 7), _clip(2.0, 8)]
     state = np.random.get_state()
