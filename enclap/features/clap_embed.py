@@ -148,14 +148,15 @@ class ClapAudioEmbedder:
         architecture is chosen from the file name (``enable_fusion`` overrides the fusion flag), or given
         in full as ``laion_config`` (a transformers ClapConfig). For a hub id or
         directory, ``enable_fusion`` (when given) must match the model's config. The feature extractor is
-        rebuilt with ``frequency_min`` (default 50 Hz, LAION's) when it differs; ``None`` keeps it as saved.
+        rebuilt with ``frequency_min`` (default 50 Hz, LAION's) when it differs (``None`` keeps it as
+        saved), and with the truncation the model needs ("fusion" for a fusion model, else "rand_trunc").
         """
         from transformers import ClapFeatureExtractor, ClapModel
 
         from ..loading import load_pretrained
 
         name = str(name_or_path)
-        if name.endswith(LAION_CHECKPOINT_SUFFIXES):
+        if is_laion_checkpoint(name):
             from ..clap.convert import load_laion_clap
 
             overrides = {} if enable_fusion is None else {"enable_fusion": enable_fusion}
@@ -170,6 +171,12 @@ class ClapAudioEmbedder:
                     f"CLAP model '{name}' is {'a fusion' if fused else 'a non-fusion'} model, "
                     f"but enable_fusion={enable_fusion} was asked for"
                 )
+            truncation = "fusion" if fused else "rand_trunc"
+            if extractor.truncation != truncation:
+                # the model decides how long clips are represented; a saved extractor cannot override it
+                logger.info("CLAP feature extractor of '%s': truncation=%r -> %r to fit the model",
+                            name, extractor.truncation, truncation)
+                extractor = rebuild_feature_extractor(extractor, truncation=truncation)
         if frequency_min is not None and float(extractor.frequency_min) != float(frequency_min):
             logger.info(
                 "CLAP feature extractor of '%s' has frequency_min=%s; using %s (LAION's mel front end)",

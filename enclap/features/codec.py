@@ -20,7 +20,8 @@ module wraps :class:`transformers.EncodecModel` and adds what a feature-extracti
   first batch of each size on a device is also encoded clip by clip and compared bit for bit; if a
   backend is not batch-invariant, the tokenizer logs it and encodes one clip at a time from then on.
   Data sets of fixed-length clips (AudioCaps: 10 s) batch fully; clips of unique lengths are encoded
-  alone, which is what the reference implementation did for every clip.
+  alone, which is what the reference implementation did for every clip. Batching pays on GPU; on two
+  CPU cores batches of eight 10 s clips measured within +-30 % of one clip at a time (noisy machine).
 * **Codes as numpy.** ``(frames, num_codebooks)`` ``int16`` per clip, frames = ceil(samples / hop).
 * A converter from the original ``encodec`` package checkpoint (``encodec_24khz-d7cc33bc.th``) to the
   transformers key layout (:func:`convert_encodec_checkpoint`).

@@ -187,6 +187,15 @@ def test_frequency_min_is_laion_by_default(tmp_path):
     assert default.config_dict()["frequency_min"] == 50.0
 
 
+def test_saved_truncation_is_fitted_to_the_model(tmp_path):
+    directory = save_tiny_clap(tmp_path / "unfused", seed=3, enable_fusion=False)
+    laion_feature_extractor(enable_fusion=True).save_pretrained(directory)  # a mismatching saved extractor
+    embedder = ClapAudioEmbedder.from_pretrained(str(directory))
+    assert embedder.enable_fusion is False and embedder.feature_extractor.truncation == "rand_trunc"
+    mel, longer = embedder.input_features(_clip(14.0, 13))
+    assert mel.shape == (1, 1001, 64) and longer is True
+
+
 def test_rebuild_feature_extractor_keeps_other_settings():
     original = laion_feature_extractor(enable_fusion=False, max_length_s=5, top_db=80)
     rebuilt = rebuild_feature_extractor(original, frequency_min=20.0)
