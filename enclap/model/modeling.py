@@ -405,16 +405,19 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
                 f"got {tuple(mcm_labels.shape)}"
             )
         mcm_labels = mcm_labels.to(encoder_hidden.device)
-        labelled = mcm_labels != IGNORE_INDEX
+        # One gather of every labelled (position, codebook) pair, grouped by codebook (nonzero on the
+        # codebook-major view returns them in that order), instead of one masked select per head.
+        head_index, batch_index, time_index = (mcm_labels != IGNORE_INDEX).permute(2, 0, 1).nonzero(as_tuple=True)
+        counts = torch.bincount(head_index, minlength=num_rvq).tolist()
+        rows = encoder_hidden[batch_index, time_index].split(counts)
+        targets = mcm_labels[batch_index, time_index, head_index].split(counts)
         total = encoder_hidden.new_zeros(())
         for i, head in enumerate(self.mcm_heads):
-            rows = labelled[..., i]
-            targets = mcm_labels[..., i][rows]
-            logits = head(encoder_hidden[rows])
+            logits = head(rows[i])
             # sum / count == the mean of CrossEntropyLoss(); an empty selection gives 0 (and keeps the
             # head in the graph, so distributed training sees a gradient for every parameter).
-            summed = F.cross_entropy(logits, targets, reduction="sum")
-            total = total + summed / max(targets.numel(), 1) * (0.5 ** (i + 1))
+            summed = F.cross_entropy(logits, targets[i], reduction="sum")
+            total = total + summed / max(counts[i], 1) * (0.5 ** (i + 1))
         return total
 
     def caption_loss(self, lm_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
