@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,17 +32,34 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+def pytest_configure(config) -> None:
+    # Each xdist worker would otherwise start one torch thread per core: on 2 cores two workers' threads
+    # spin against each other (measured 10-100x slower small convolutions and LSTMs).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = 1):
+    """Temporarily run torch on ``count`` threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test with one torch thread (restored afterwards).
 
-    Under pytest-xdist each worker otherwise starts as many threads as there are cores and they spin
-    against each other; and tests that compare two runs of a float computation need both runs under
-    the same thread count, since reductions differ across thread counts.
+    Tests that compare two runs of a float computation need both under the same thread count, since
+    reductions differ across thread counts; and one thread avoids oversubscription outside xdist too.
     """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield

@@ -9,38 +9,15 @@ which would let wrong weight mappings or broken inputs go unnoticed).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-import pytest
 import torch
 
 from enclap.features.clap_embed import ClapAudioEmbedder, laion_feature_extractor
 from enclap.features.codec import EncodecTokenizer
 from enclap.features.extractor import FeatureExtractor
 
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Temporarily run torch on one thread (see :func:`single_thread`)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=False)
-def single_thread():
-    """Run a test with one torch thread (restored afterwards).
-
-    Under pytest-xdist each worker otherwise starts as many threads as there are cores, and the
-    oversubscribed OpenMP threads spin against each other: measured 10-100x slower small convolutions
-    and LSTMs on the 2-core CI machine. Test modules opt in with ``pytestmark = usefixtures(...)``.
-    """
-    with one_torch_thread():
-        yield
+from ..conftest import torch_threads
 
 
 def _randomise(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
@@ -90,12 +67,12 @@ def tiny_encodec_model(seed: int = 0, **config_overrides):
     """A random tiny EncodecModel whose codebooks are spread so that codes vary frame to frame."""
     from transformers import EncodecModel
 
-    with one_torch_thread():  # construction runs many tiny ops: threads only contend here
+    with torch_threads(1):  # construction runs many tiny ops: threads only contend here
         torch.manual_seed(seed)
         model = EncodecModel(tiny_encodec_config(**config_overrides)).eval()
         _randomise(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad(), one_torch_thread():
+    with torch.no_grad(), torch_threads(1):
         # Codewords drawn from the encoder's own outputs (and, level by level, from the residuals left by
         # the levels before), as a k-means initialisation would: every level then splits real frames.
         seconds = 16
@@ -173,7 +150,7 @@ def tiny_clap_model(seed: int = 0, projection_dim: int = 512, enable_fusion: boo
     """A random tiny ClapModel (fusion by default, like laion/clap-htsat-fused)."""
     from transformers import ClapModel
 
-    with one_torch_thread():
+    with torch_threads(1):
         torch.manual_seed(seed)
         model = ClapModel(tiny_clap_config(projection_dim, enable_fusion, **audio_overrides)).eval()
         _randomise(model, seed)
@@ -192,7 +169,7 @@ def save_tiny_clap(directory: Path, seed: int = 0, *, enable_fusion: bool = True
 def tiny_feature_extractor(tmp_path: Path, seed: int = 0, batch_size: int = 4) -> FeatureExtractor:
     """A FeatureExtractor over tiny models saved under ``tmp_path`` and loaded back via from_pretrained."""
     tmp_path = Path(tmp_path)
-    with one_torch_thread():
+    with torch_threads(1):
         encodec_dir = save_tiny_encodec(tmp_path / "tiny_encodec", seed)
         clap_dir = save_tiny_clap(tmp_path / "tiny_clap", seed)
         return FeatureExtractor(

@@ -15,9 +15,9 @@ from enclap.features.clap_embed import (
     rebuild_feature_extractor,
 )
 
-from .factories import save_tiny_clap, single_thread, tiny_clap_model  # noqa: F401
+from .factories import save_tiny_clap, tiny_clap_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SR = 48_000
 

@@ -13,9 +13,9 @@ import torch
 from enclap.errors import CheckpointError, ConfigError, PretrainedNotFoundError
 from enclap.features.codec import EncodecTokenizer, convert_encodec_checkpoint, load_original_encodec
 
-from .factories import save_tiny_encodec, single_thread, tiny_encodec_config, tiny_encodec_model  # noqa: F401
+from .factories import save_tiny_encodec, tiny_encodec_config, tiny_encodec_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 HOP = 320
 

@@ -13,9 +13,9 @@ from enclap.errors import AudioError, PretrainedNotFoundError
 from enclap.features.extractor import ClipFeatures, FeatureExtractor
 
 from ..audio_helpers import tone, write_audio, write_bad_files
-from .factories import single_thread, tiny_feature_extractor  # noqa: F401
+from .factories import tiny_feature_extractor
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
