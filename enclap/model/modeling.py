@@ -156,11 +156,14 @@ class EnClapBartEncoder(EnClapBartPreTrainedModel):
         pad = self.config.encodec_pad_token_id
         lead_shape = codes.shape[:-1]
         codes = codes.reshape(-1, num_rvq)
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= rows):
-            raise ValueError(
-                f"codec ids must be in [0, {rows}) (codes 0..{self.config.encodec_vocab_size - 1}, pad {pad}); "
-                f"got values in [{int(codes.min())}, {int(codes.max())}]"
-            )
+        if codes.numel():
+            low, high = (int(v) for v in torch.aminmax(codes))
+            if low < 0 or high >= rows:
+                # Checked because an out-of-range id would silently read the next codebook's table.
+                raise ValueError(
+                    f"codec ids must be in [0, {rows}) (codes 0..{self.config.encodec_vocab_size - 1}, pad {pad}); "
+                    f"got values in [{low}, {high}]"
+                )
         tables = [embedding.weight for embedding in self.embed_encodec]
         is_pad = codes == pad
         # Table i occupies rows [i*rows, (i+1)*rows) of the concatenation. Every pad id is sent to

@@ -187,3 +187,35 @@ def test_bad_inputs_raise_clear_errors(rng):
     fits = [random_clip_codes(rng, 61)]
     ids, emask, amask = hand_built_batch(fits)
     assert model(input_ids=ids, encodec_mask=emask, attention_mask=amask, clap_embedding=clap[:1], labels=labels[:1]).logits.shape == (1, 7, 100)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(rng):
+    model = tiny_model(seed=10, dropout=0.0)  # no dropout: the two runs must be comparable
+    _, input_ids, encodec_mask, attention_mask, clap, labels = _batch(rng)
+    masked_ids, mcm_labels = _fixed_mcm_labels(input_ids, encodec_mask, rng)
+    kwargs = dict(input_ids=masked_ids, encodec_mask=encodec_mask, attention_mask=attention_mask,
+                  clap_embedding=clap, labels=labels, mcm_labels=mcm_labels)
+    model.train()
+    model(**kwargs).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.model.encoder.layers[0].gradient_checkpointing and model.model.decoder.layers[0].gradient_checkpointing
+    model(**kwargs).loss.backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_hidden_states_and_attentions_can_be_returned(rng):
+    model = tiny_model(seed=12, attn_implementation="eager")
+    _, input_ids, encodec_mask, attention_mask, clap, labels = _batch(rng)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, encodec_mask=encodec_mask, attention_mask=attention_mask, clap_embedding=clap,
+                    labels=labels, output_hidden_states=True, output_attentions=True)
+    assert len(out.encoder_hidden_states) == model.config.encoder_layers + 1
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+    assert len(out.encoder_attentions) == model.config.encoder_layers
+    assert out.encoder_attentions[0].shape == (3, 4, input_ids.shape[1], input_ids.shape[1])
+    # Padded keys get no attention.
+    assert torch.all(out.encoder_attentions[0][0, :, :, attention_mask[0] == 0] == 0)
