@@ -126,6 +126,19 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(samples, orig_sr, target_sr, quality="VHQ").astype(np.float32, copy=False)
 
 
+def check_waveform(waveform: np.ndarray, index: int) -> np.ndarray:
+    """A model input: mono, non-empty, finite; returned as contiguous float32. ``index`` names it in errors."""
+    array = np.asarray(waveform)
+    if array.ndim != 1:
+        raise ValueError(f"waveform {index}: expected a mono 1-D array, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"waveform {index}: is empty (0 samples)")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise ValueError(f"waveform {index}: holds NaN or infinite samples")
+    return np.ascontiguousarray(array)
+
+
 def _validate_samples(path: Path, samples: np.ndarray) -> None:
     if samples.size == 0:
         raise EmptyAudioError(path, "audio has zero samples")
@@ -262,6 +275,7 @@ __all__ = [
     "AudioInfo",
     "Window",
     "audio_info",
+    "check_waveform",
     "find_audio_files",
     "load_audio",
     "resample",

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..audio import check_waveform
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class ClapAudioEmbedder:
         """L2-normalised audio embeddings ``(n, dim)`` float32 of mono waveforms at :attr:`sample_rate`."""
         import torch
 
-        clips = [_check_waveform(w, i) for i, w in enumerate(waveforms)]
+        clips = [check_waveform(w, i) for i, w in enumerate(waveforms)]
         out = np.zeros((len(clips), self.dim), dtype=np.float32)
         for start in range(0, len(clips), self.batch_size):  # bounds the memory held by mels
             indices = list(range(start, min(start + self.batch_size, len(clips))))
@@ -346,18 +347,6 @@ def _fusion_stack(mel: np.ndarray, chunk_frames: int, rng: np.random.Generator) 
         torch.tensor(mel[None, None, :]), size=[chunk_frames, mel.shape[1]], mode="bilinear", align_corners=False
     )[0, 0].numpy()
     return np.stack([shrunk, *crops]).astype(np.float32)
-
-
-def _check_waveform(waveform: np.ndarray, index: int) -> np.ndarray:
-    array = np.asarray(waveform)
-    if array.ndim != 1:
-        raise ValueError(f"waveform {index}: expected a mono 1-D array, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"waveform {index}: is empty (0 samples)")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise ValueError(f"waveform {index}: holds NaN or infinite samples")
-    return array
 
 
 def is_laion_checkpoint(name_or_path: str | Path) -> bool:

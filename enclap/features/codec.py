@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..audio import check_waveform
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # imported lazily at run time: importing this module must stay cheap
@@ -135,7 +136,7 @@ class EncodecTokenizer:
         Returns one ``(frames, num_codebooks)`` int16 array per input, in input order, with
         ``frames = ceil(len(waveform) / hop_length)``; identical to encoding each clip on its own.
         """
-        clips = [_check_waveform(w, i) for i, w in enumerate(waveforms)]
+        clips = [check_waveform(w, i) for i, w in enumerate(waveforms)]
         out: list[np.ndarray | None] = [None] * len(clips)
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, clip in enumerate(clips):
@@ -212,18 +213,6 @@ class EncodecTokenizer:
             "frame_rate": self.frame_rate,
             "codebook_size": int(self.model.config.codebook_size),
         }
-
-
-def _check_waveform(waveform: np.ndarray, index: int) -> np.ndarray:
-    array = np.asarray(waveform)
-    if array.ndim != 1:
-        raise ValueError(f"waveform {index}: expected a mono 1-D array, got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"waveform {index}: is empty (0 samples)")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        raise ValueError(f"waveform {index}: holds NaN or infinite samples")
-    return np.ascontiguousarray(array)
 
 
 # ------------------------------------------------------------------------------------ checkpoint conversion
