@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig
+from transformers.cache_utils import EncoderDecoderCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
@@ -386,6 +387,19 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
             folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
             if folder.is_dir() and not (folder / "generation_config.json").is_file():
                 self.generation_config = reference_generation_config()
+
+    def _reorder_cache(self, past_key_values, beam_idx: torch.LongTensor):
+        """Beam search: reorder the decoder self-attention cache only.
+
+        Every beam of a clip holds the same cross-attention keys/values (the encoder output is
+        repeated per beam) and ``beam_idx`` never moves a beam to another clip, so reordering the
+        cross-attention cache (6 layers x beams x heads x ~1000 positions per step) changes nothing.
+        """
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
 
     def get_encoder(self, modality: str | None = None) -> EnClapBartEncoder:
         return self.model.encoder

@@ -118,3 +118,18 @@ def test_generate_reuses_precomputed_encoder_outputs(model, batch, default_outpu
                                       attention_mask=inputs["attention_mask"], clap_embedding=inputs["clap_embedding"])
         from_encoded = model.generate(encoder_outputs=encoded, attention_mask=inputs["attention_mask"])
     assert torch.equal(from_encoded, default_output)
+
+
+def test_skipping_the_cross_attention_cache_reorder_changes_nothing(model, batch, monkeypatch):
+    _, _, inputs = batch
+    with torch.no_grad():
+        ours = model.generate(**inputs, max_length=20, num_beams=3, return_dict_in_generate=True, output_scores=True)
+
+        def reorder_everything(past_key_values, beam_idx):
+            past_key_values.reorder_cache(beam_idx)  # transformers' generic: self- and cross-attention caches
+            return past_key_values
+
+        monkeypatch.setattr(model, "_reorder_cache", reorder_everything)
+        generic = model.generate(**inputs, max_length=20, num_beams=3, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(ours.sequences, generic.sequences)
+    torch.testing.assert_close(ours.sequences_scores, generic.sequences_scores, atol=0, rtol=0)
