@@ -394,6 +394,7 @@ class EnClapBartForConditionalGeneration(EnClapBartPreTrainedModel, GenerationMi
         Every beam of a clip holds the same cross-attention keys/values (the encoder output is
         repeated per beam) and ``beam_idx`` never moves a beam to another clip, so reordering the
         cross-attention cache (6 layers x beams x heads x ~1000 positions per step) changes nothing.
+        transformers 4.x BART (which the reference ran on) skipped it too; 5.x reorders everything.
         """
         if isinstance(past_key_values, EncoderDecoderCache):
             past_key_values.self_attention_cache.reorder_cache(beam_idx)
