@@ -291,7 +291,9 @@ class CaptioningPipeline:
         inputs = self._encoder_inputs(codes, claps)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **self.settings.generation.to_generate_kwargs())
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        # Captions are one line of text: collapse any whitespace run (a stray newline token would
+        # otherwise break the CSV/TSV outputs and the metrics' tokenizer).
+        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def _caption_long(self, clips: Sequence["ClipFeatures"], progress: Callable[[int], None] | None) -> list[str]:
         """Caption every window of each clip, then keep the candidate most likely across all its windows.

@@ -35,7 +35,8 @@ def collect_inputs(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         paths.extend(find_audio_files(path) if path.is_dir() else [path])
-    return paths
+    # A file named both directly and through its folder is captioned once, at its first place.
+    return list(dict.fromkeys(paths))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
