@@ -43,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..errors import EnclapError
+    from . import quiet_model_loading
     from ..pipeline import CaptioningPipeline
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    quiet_model_loading()
     parser = build_parser()
     args = parser.parse_args(argv)
     items = list(args.inputs) + list(args.input)

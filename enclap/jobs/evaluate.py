@@ -204,8 +204,10 @@ def run_evaluation(args: argparse.Namespace) -> EvaluationResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..errors import EnclapError
+    from . import quiet_model_loading
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    quiet_model_loading()
     args = build_parser().parse_args(argv)
     try:
         run_evaluation(args)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import AudioError, ConfigError, ManifestError, PretrainedNotFoundError
+from . import quiet_model_loading
 
 logger = logging.getLogger(__name__)
 
@@ -543,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2, message already printed)
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_model_loading()
     try:
         config = config_from_args(args)
     except ConfigError as err:
