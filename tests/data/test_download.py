@@ -75,8 +75,10 @@ class FileServer:
                     body = body[: server.drop_after]
                     server.drop_after = None
                     self.close_connection = True
-                self.wfile.write(body)
+                # Counted before writing: the client can finish reading (and the test assert) before
+                # this thread runs another line.
                 server.bytes_sent += len(body)
+                self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
