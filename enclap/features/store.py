@@ -426,9 +426,9 @@ class ShardWriter:
         except BaseException:
             self._release_lock()
             raise
-        self._pending_keys: list[str] = []
-        self._pending_codes: list[np.ndarray] = []
-        self._pending_clap: list[np.ndarray] = []
+        # One entry per queued clip, appended in one step, so that a signal arriving mid-add()
+        # (SIGTERM -> close() -> flush()) can never commit a key with another clip's arrays.
+        self._pending: list[tuple[str, np.ndarray, np.ndarray]] = []
         self._pending_set: set[str] = set()
         self.shards_written: list[str] = []
         self.clips_written = 0
@@ -545,11 +545,9 @@ class ShardWriter:
             raise ValueError(
                 f"{key!r}: (num_codebooks, d_clap) = {shape} differs from the store's {self._shape}"
             )
-        self._pending_keys.append(key)
+        self._pending.append((key, codes.astype(CODES_DTYPE, copy=False), clap.astype(CLAP_DTYPE, copy=False)))
         self._pending_set.add(key)
-        self._pending_codes.append(codes.astype(CODES_DTYPE, copy=False))
-        self._pending_clap.append(clap.astype(CLAP_DTYPE, copy=False))
-        if len(self._pending_keys) >= self.shard_size:
+        if len(self._pending) >= self.shard_size:
             self.flush()
 
     def add_many(self, items: Iterable[tuple[str, "ClipFeatures"]]) -> None:
@@ -558,25 +556,27 @@ class ShardWriter:
 
     def flush(self) -> str | None:
         """Commit the queued clips as one shard; returns its name (None when nothing was queued)."""
-        if not self._pending_keys:
+        if not self._pending:
             return None
+        keys = [key for key, _, _ in self._pending]
+        pending_codes = [codes for _, codes, _ in self._pending]
         name = f"{self.writer_id}-{self._next_seq:06d}"
         base = self._shard_dir / name
         num_codebooks, d_clap = self._shape
         codes = (
-            np.concatenate(self._pending_codes, axis=0)
-            if self._pending_codes
+            np.concatenate(pending_codes, axis=0)
+            if pending_codes
             else np.zeros((0, num_codebooks), dtype=CODES_DTYPE)
         )
-        clap = np.stack(self._pending_clap, axis=0)
+        clap = np.stack([clap for _, _, clap in self._pending], axis=0)
         # Arrays first, index last: the index is the commit record.
         _save_npy_atomic(Path(f"{base}.codes.npy"), codes)
         _save_npy_atomic(Path(f"{base}.clap.npy"), clap)
         index = {
             "format_version": FORMAT_VERSION,
             "writer_id": self.writer_id,
-            "keys": self._pending_keys,
-            "frames": [int(c.shape[0]) for c in self._pending_codes],
+            "keys": keys,
+            "frames": [int(c.shape[0]) for c in pending_codes],
             "num_codebooks": num_codebooks,
             "d_clap": d_clap,
             "written_by": _versions(),
@@ -584,18 +584,18 @@ class ShardWriter:
         }
         _write_atomic(Path(f"{base}.index.json"), json.dumps(index, separators=(",", ":")).encode())
         _fsync_dir(self._shard_dir)
-        self._committed.update(self._pending_keys)
-        self.clips_written += len(self._pending_keys)
+        self._committed.update(keys)
+        self.clips_written += len(keys)
         self.shards_written.append(name)
         self._next_seq += 1
-        self._pending_keys, self._pending_codes, self._pending_clap = [], [], []
+        self._pending = []
         self._pending_set = set()
         return name
 
     @property
     def pending(self) -> int:
         """Clips queued but not yet committed."""
-        return len(self._pending_keys)
+        return len(self._pending)
 
     def close(self) -> None:
         """Commit what is queued and release the writer id."""
