@@ -53,6 +53,10 @@ class ManifestError(EnclapError):
         super().__init__(f"{self.path}: {len(self.problems)} problem(s):\n{shown}{more}")
 
 
+class InvalidFeaturesError(EnclapError, ValueError):
+    """Precomputed features (codes, CLAP embedding) that the captioner cannot read; names the clip."""
+
+
 class PretrainedNotFoundError(EnclapError, OSError):
     """A pretrained part (weights, tokenizer, config) could not be found locally nor fetched."""
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import AudioError, ConfigError
+from .errors import AudioError, ConfigError, InvalidFeaturesError
 
 if TYPE_CHECKING:
     import torch
@@ -220,8 +220,20 @@ class CaptioningPipeline:
         self.settings.write(directory)
 
     # ---------------------------------------------------------------------------------- captions
-    def caption_features(self, clips: Sequence["ClipFeatures"], *, progress: Callable[[int], None] | None = None) -> list[str]:
-        """Captions for precomputed features, in input order. ``progress(n)`` is called after each batch."""
+    def caption_features(
+        self,
+        clips: Sequence["ClipFeatures"],
+        *,
+        names: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Captions for precomputed features, in input order. ``progress(n)`` is called after each batch.
+
+        Every clip is checked first; a bad one raises :class:`InvalidFeaturesError` naming it by
+        ``names[i]`` (e.g. its manifest path) or by its input position.
+        """
+        for i, clip in enumerate(clips):
+            self._check_features(clip, names[i] if names is not None else f"clip {i}")
         if self.settings.long_audio == "windows":
             return self._caption_long(clips, progress)
         order = sorted(range(len(clips)), key=lambda i: -len(clips[i].codes))
@@ -274,6 +286,23 @@ class CaptioningPipeline:
         return results
 
     # ---------------------------------------------------------------------------------- internals
+    def _check_features(self, clip: "ClipFeatures", name: str) -> None:
+        config = self.model.config
+        codes, clap = np.asarray(clip.codes), np.asarray(clip.clap)
+        if codes.ndim != 2 or codes.shape[1] != config.num_rvq or codes.shape[0] == 0:
+            raise InvalidFeaturesError(
+                f"{name}: codes must be (frames >= 1, {config.num_rvq} codebooks), got shape {codes.shape}"
+            )
+        if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= config.encodec_vocab_size:
+            raise InvalidFeaturesError(
+                f"{name}: codes must be integers in [0, {config.encodec_vocab_size}), "
+                f"got {codes.dtype} in [{codes.min()}, {codes.max()}]"
+            )
+        if clap.shape != (config.d_clap,):
+            raise InvalidFeaturesError(f"{name}: CLAP embedding must have shape ({config.d_clap},), got {clap.shape}")
+        if not np.isfinite(clap).all():
+            raise InvalidFeaturesError(f"{name}: CLAP embedding holds NaN or infinite values")
+
     def _require_features(self) -> "FeatureExtractor":
         if self.features is None:
             raise ConfigError("this pipeline was loaded without audio models; load it with with_audio_models=True to caption audio")

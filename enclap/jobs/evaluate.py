@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -63,18 +64,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PARTIAL_HEADER = "#settings"
+
+
 def _partial_path(save_path: Path) -> Path:
     return save_path.with_name(save_path.name + ".partial")
 
 
-def _read_partial(path: Path) -> dict[str, str]:
-    done: dict[str, str] = {}
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.reader(f):
-                if len(row) == 2:
-                    done[row[0]] = row[1]
-    return done
+def _run_settings(args: argparse.Namespace, pipeline, from_features: bool) -> dict:
+    """What decides the predictions: a resumed run must match it, or it would mix two runs' captions."""
+    from dataclasses import asdict
+
+    def resolved(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
+    return {
+        "checkpoint": resolved(args.ckpt),
+        "test_csv": resolved(args.test_csv),
+        "tokenizer": str(getattr(pipeline.tokenizer, "name_or_path", "")),
+        "pipeline": asdict(pipeline.settings) if not from_features else {
+            k: v for k, v in asdict(pipeline.settings).items() if k not in ("encodec", "clap", "bandwidth")
+        },
+        "input": {"features": resolved(args.features), "encodec_path": resolved(args.encodec_path),
+                  "clap_path": resolved(args.clap_path)} if from_features else {"audio_path": resolved(args.audio_path)},
+    }
+
+
+def _open_partial(path: Path, settings: dict) -> dict[str, str]:
+    """Finished predictions of an interrupted run with the same settings; starts the file when there is none.
+
+    Only complete lines count: a last line cut off by a kill is dropped (and cut from the file, so the
+    next row does not run into it). A file written with other settings is refused, not mixed in.
+    """
+    from ..errors import ConfigError
+
+    header = [PARTIAL_HEADER, json.dumps(settings, sort_keys=True)]
+    data = path.read_bytes() if path.is_file() else b""
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        logger.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    rows = list(csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"), newline="")))
+    if not rows:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow(header)
+        return {}
+    if rows[0][:1] != [PARTIAL_HEADER] or len(rows[0]) != 2:
+        raise ConfigError(f"{path}: not a predictions file of an interrupted evaluation; remove it or pass --no_resume")
+    saved = json.loads(rows[0][1])
+    if saved != settings:
+        differing = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        raise ConfigError(
+            f"{path} holds predictions of an interrupted run with other settings ({', '.join(differing)}); "
+            "rerun with the same settings to resume it, or pass --no_resume to start over"
+        )
+    return {row[0]: row[1] for row in rows[1:] if len(row) == 2}
 
 
 def run_evaluation(args: argparse.Namespace) -> EvaluationResult:
@@ -100,13 +145,6 @@ def run_evaluation(args: argparse.Namespace) -> EvaluationResult:
     save_path = Path(args.save_path) if args.save_path else Path(args.ckpt) / "eval" / f"{Path(args.test_csv).stem}.predictions.csv"
     scores_path = Path(args.scores_path) if args.scores_path else save_path.with_suffix(".scores.json")
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(save_path)
-    if args.no_resume and partial.exists():
-        partial.unlink()
-    done = _read_partial(partial)
-    if done:
-        logger.info("resuming: %d of %d clips already captioned in %s", len(done), len(clips), partial)
-
     generation = {k: v for k, v in (("num_beams", args.num_beams), ("max_length", args.max_length)) if v is not None}
     pipeline = CaptioningPipeline.from_pretrained(
         args.ckpt,
@@ -123,6 +161,13 @@ def run_evaluation(args: argparse.Namespace) -> EvaluationResult:
     if from_features:
         store = open_feature_store(args.features, encodec_path=args.encodec_path, clap_path=args.clap_path)
 
+    partial = _partial_path(save_path)
+    if args.no_resume and partial.exists():
+        partial.unlink()
+    done = _open_partial(partial, _run_settings(args, pipeline, from_features))
+    if done:
+        logger.info("resuming: %d of %d clips already captioned in %s", len(done), len(clips), partial)
+
     pending = [c for c in clips if c.file_path not in done]
     failed: list[tuple[str, str]] = []
     started = time.perf_counter()
@@ -137,7 +182,7 @@ def run_evaluation(args: argparse.Namespace) -> EvaluationResult:
                     features = [store[c.key] for c in batch]
                 except KeyError as err:
                     raise ConfigError(f"features missing for a clip of {args.test_csv}: {err}") from err
-                captions = pipeline.caption_features(features)
+                captions = pipeline.caption_features(features, names=[c.file_path for c in batch])
                 items = list(zip(batch, captions))
             else:
                 paths = []

@@ -115,21 +115,84 @@ def test_scores_equal_the_scorer_on_the_saved_predictions_and_per_clip(setup):
         assert [float(r[name]) for r in rows] == pytest.approx(expected.per_clip[name], abs=1e-6)
 
 
+def _interrupt_on_call(monkeypatch, call: int):
+    """Make the pipeline's ``call``-th captioning call raise KeyboardInterrupt (a user pressing Ctrl-C)."""
+    from enclap.pipeline import CaptioningPipeline
+
+    original = CaptioningPipeline.caption_features
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CaptioningPipeline, "caption_features", interrupted)
+
+
 @pytest.mark.slow
-def test_resume_keeps_finished_predictions(setup):
+def test_resume_keeps_finished_predictions_and_drops_a_cut_line(setup, monkeypatch):
+    store = str(setup["root"] / "store")
+    _interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(setup, "resume", "--features", store)
+    monkeypatch.undo()
     save = setup["root"] / "out" / "resume.csv"
-    save.parent.mkdir(parents=True, exist_ok=True)
     partial = save.with_name(save.name + ".partial")
-    # What an interrupted run left behind: two clips already captioned.
-    partial.write_text('test/clip 0.npy,PRESET zero\ntest/clip 3.npy,PRESET three\n')
-    code, _ = _run(setup, "resume", "--features", str(setup["root"] / "store"))
+    with open(partial, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][0] == "#settings" and len(rows) == 3  # header + the first batch of 2
+    assert not save.exists()
+    # Mark one finished prediction, so that recomputing it would show; and leave a line cut by a kill.
+    rows[1][1] = "PRESET"
+    with open(partial, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with open(partial, "a") as f:
+        f.write("test/clip 4.npy,half a capt")
+
+    code, _ = _run(setup, "resume", "--features", store)
     assert code == 0
     predictions = dict(_predictions(save))
-    assert predictions["test/clip 0.npy"] == "PRESET zero" and predictions["test/clip 3.npy"] == "PRESET three"
-    _, fresh = _run(setup, "fresh", "--features", str(setup["root"] / "store"))
+    _, fresh = _run(setup, "fresh", "--features", store)
     fresh_predictions = dict(_predictions(fresh))
-    for key in ("test/clip 1.npy", "test/clip 2.npy", "test/clip 4.npy"):
-        assert predictions[key] == fresh_predictions[key]
+    assert predictions[rows[1][0]] == "PRESET"
+    for key, caption in fresh_predictions.items():
+        if key != rows[1][0]:
+            assert predictions[key] == caption, key
+    assert not partial.exists()
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused(setup, monkeypatch, capsys):
+    store = str(setup["root"] / "store")
+    _interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(setup, "other", "--features", store)
+    monkeypatch.undo()
+    code, save = _run(setup, "other", "--features", store, "--num_beams", "2")
+    assert code == 2 and "other settings (pipeline)" in capsys.readouterr().err
+    assert save.with_name(save.name + ".partial").exists()  # nothing lost
+    code, _ = _run(setup, "other", "--features", store, "--num_beams", "2", "--no_resume")
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_bad_features_are_named(setup, tmp_path, capsys):
+    root = setup["root"]
+    for kind in ("encodec", "clap"):
+        target = tmp_path / kind / "test"
+        target.mkdir(parents=True)
+        for i in range(NUM_CLIPS):
+            array = np.load(root / kind / "test" / f"clip {i}.npy")
+            if kind == "clap" and i == 2:
+                array[0, 5] = np.nan
+            np.save(target / f"clip {i}.npy", array)
+    code = main(["--ckpt", str(setup["ckpt"]), "--test_csv", str(setup["csv"]), "--from_preprocessed",
+                 "--encodec_path", str(tmp_path / "encodec"), "--clap_path", str(tmp_path / "clap"),
+                 "--save_path", str(tmp_path / "preds.csv"), "--metrics", METRICS, "-b", "2"])
+    assert code == 2
+    assert "test/clip 2.npy: CLAP embedding holds NaN" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -147,7 +210,7 @@ def test_missing_audio_fails_naming_the_clip_and_keeps_work(setup, tmp_path, cap
     assert "clip 3" in err and "could not be captioned" in err
     partial = save.with_name(save.name + ".partial")
     with open(partial, newline="") as f:
-        assert len(list(csv.reader(f))) == NUM_CLIPS - 1
+        assert len(list(csv.reader(f))) == 1 + NUM_CLIPS - 1  # the settings header + every other clip
     assert not save.exists()
 
 
