@@ -47,9 +47,9 @@ How captions are prepared
 -------------------------
 As aac-metrics' ``evaluate`` does, every candidate and reference goes through the PTB tokenizer (lower case,
 punctuation removed) before any metric; here candidates and references go through *one* Java run. Before
-that, each caption is sanitised: line breaks of any kind (``\\n``, ``\\r``, form feed, U+2028 ...) and other
-control characters become spaces (the tokenizer works line by line and would otherwise split the caption),
-invisible format characters and lone surrogates are removed, and runs of whitespace collapse. Non-ASCII text
+that, each caption is sanitised: line breaks of any kind (``\\n``, ``\\r``, form feed, U+0085, U+2028 ...)
+become spaces (the tokenizer works line by line and would otherwise split the caption) and lone surrogates are
+removed; nothing else is touched, so tokens are those aac-metrics gets on well-formed input. Non-ASCII text
 is passed on as UTF-8, which the tokenizer and METEOR read correctly (``café`` stays ``café``); characters
 outside the Basic Multilingual Plane (emoji) are dropped by the tokenizer.
 
@@ -732,18 +732,20 @@ def metric_availability(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# What the PTB tokenizer (or the line-by-line protocol around it) takes as the end of a line.
+_LINE_BREAKS = dict.fromkeys(map(ord, "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+
+
 def sanitize_caption(text: str) -> str:
-    """One line of text the PTB tokenizer keeps on one line (see the module docstring)."""
-    out = []
-    for ch in text:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Zl", "Zp"):  # \n \r \t \x0b \x0c \x1c-\x1f \x85 U+2028 U+2029 ... all end a line
-            out.append(" ")
-        elif category in ("Cf", "Cs"):  # invisible format characters; lone surrogates cannot be encoded
-            continue
-        else:
-            out.append(ch)
-    return " ".join("".join(out).split())
+    """One line of text the PTB tokenizer keeps on one line (see the module docstring).
+
+    Only what would break the one-caption-per-line protocol is changed: line-ending characters become
+    spaces and lone surrogates (not encodable) are removed. Everything else, invisible format characters
+    such as U+200B included, is left to the tokenizer, so tokens are exactly aac-metrics' own.
+    """
+    text = text.translate(_LINE_BREAKS)
+    text = "".join(ch for ch in text if not "\ud800" <= ch <= "\udfff")
+    return re.sub(" {2,}", " ", text).strip(" ")
 
 
 def ptb_tokenize(
@@ -1337,16 +1339,25 @@ def reference_ceiling(
     """
     if isinstance(references, str) or not isinstance(references, Sequence):
         raise ValueError(f"references must be a sequence of caption lists, got {type(references).__name__}")
-    kept: list[int] = []
-    usable_refs: list[list[str]] = []
-    empty = 0
     for index, refs in enumerate(references):
         if isinstance(refs, str) or not isinstance(refs, Sequence):
             raise ValueError(f"references of clip {index} must be a list of captions, got {type(refs).__name__}")
         bad = [j for j, r in enumerate(refs) if not isinstance(r, str)]
         if bad:
             raise ValueError(f"reference {bad[0]} of clip {index} is {type(refs[bad[0]]).__name__}, not str")
-        usable = [r for r in refs if sanitize_caption(r)]
+    scorer = scorer if scorer is not None else CaptionScorer(metrics, **scorer_kwargs)
+    # A reference is usable when it has words *after tokenisation* ("..." has none): one tokenizer run
+    # decides it, so such a reference is neither a candidate scored 0 nor a clip's only reference.
+    flat = [r for refs in references for r in refs]
+    if scorer.java is not None and flat and len(scorer.unavailable) < len(scorer.metrics):
+        has_words = iter([bool(t) for t in ptb_tokenize(flat, scorer.java.path, scorer.cache_dir, scorer.tmp_dir)])
+    else:  # no Java: every metric is reported unavailable anyway
+        has_words = iter([bool(sanitize_caption(r)) for r in flat])
+    kept: list[int] = []
+    usable_refs: list[list[str]] = []
+    empty = 0
+    for index, refs in enumerate(references):
+        usable = [r for r in refs if next(has_words)]
         empty += len(refs) - len(usable)
         if len(usable) >= 2:
             kept.append(index)
@@ -1382,7 +1393,6 @@ def reference_ceiling(
         notes.append(f"{skipped} clip(s) with fewer than 2 references skipped")
     if unused:
         notes.append(f"{unused} reference(s) beyond round {num_rounds} not used as candidates (fewer than 2 clips have them)")
-    scorer = scorer if scorer is not None else CaptionScorer(metrics, **scorer_kwargs)
     corpora, sentence, unavailable, more_notes = scorer._evaluate(pairs_cand, pairs_refs, groups)
     names = [k for k in corpora[0]]
     corpus = {k: sum(c[k] for c in corpora) / len(corpora) for k in names}

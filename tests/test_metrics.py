@@ -33,7 +33,7 @@ CANDIDATES = [
     "Rain falls steadily on a metal roof.",
     "A man speaks, then a door slams shut!",
     "Birds are chirping in the distance.",
-    "Water flows in a small stream; birds sing.",
+    "Water flows in a small stream; birds\u200bsing.",  # a zero-width space: the tokenizer splits there
     "Someone types on a keyboard, quickly.",
 ]
 REFERENCES = [
@@ -70,8 +70,8 @@ def cache(tmp_path_factory) -> Path:
         ("a dog\r\nbarks\r", "a dog barks"),
         ("line\u2028sep\u2029para", "line sep para"),
         ("nel\x85char", "nel char"),  # the PTB lexer reads U+0085 as an ellipsis and as a line end
-        ("tab\there\x0bvt\x0cff\x1cfs", "tab here vt ff fs"),
-        ("zero\u200bwidth\ufeff", "zerowidth"),
+        ("tab\there\x0bvt\x0cff\x1cfs", "tab\there vt ff fs"),
+        ("zero\u200bwidth\ufeff", "zero\u200bwidth\ufeff"),  # the tokenizer splits at U+200B, as in aac-metrics
         ("lone \ud83c surrogate", "lone surrogate"),
         ("  spaced   out  ", "spaced out"),
         ("café naïve 日本語", "café naïve 日本語"),
@@ -745,6 +745,21 @@ def test_reference_ceiling_is_leave_one_out(cache: Path, tmp_path: Path) -> None
     assert all(0.0 < v < 1.0 for v in report.per_clip["meteor"])
     data = report.to_dict()
     assert data["indices"] == [0, 1, 3, 4] and len(data["rounds"]) == 3
+
+
+@pytest.mark.slow
+def test_reference_ceiling_drops_references_without_words(cache: Path) -> None:
+    """A reference of punctuation only has no tokens: it is dropped like an empty one, not scored as 0."""
+    _java()
+    clean = [["a dog barks", "a dog is barking"], ["rain falls", "rain is falling", "heavy rain"], ["birds sing", "a bird sings"]]
+    noisy = [clean[0] + ["..."], clean[1], clean[2]]
+    expected = M.reference_ceiling(clean, ("bleu_1", "rouge_l"), cache_dir=cache, per_clip=True)
+    report = M.reference_ceiling(noisy, ("bleu_1", "rouge_l"), cache_dir=cache, per_clip=True)
+    assert report.corpus == pytest.approx(expected.corpus)
+    for name in ("bleu_1", "rouge_l"):
+        assert report.per_clip[name] == pytest.approx(expected.per_clip[name])
+    assert any("1 empty reference(s) dropped" in n for n in report.notes)
+    assert not any("empty candidate" in n for n in report.notes)
 
 
 def test_reference_ceiling_needs_two_references(cache: Path) -> None:
