@@ -9,12 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from enclap.jobs.evaluate import main
 
 from ..audio_helpers import tone, write_audio
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, torch_threads
 from ..pipeline_factory import build_tiny_checkpoint
 
 METRICS = "bleu_1,bleu_4,rouge_l,cider_d"
@@ -31,10 +30,6 @@ def setup(tmp_path_factory):
     from enclap.features.store import ShardWriter
     from enclap.pipeline import CaptioningPipeline
 
-    # Features must be computed under the same thread count as the runs they are compared with:
-    # float reductions differ across thread counts, and a random model amplifies any difference.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval")
     ckpt = build_tiny_checkpoint(root / "ckpt")
     rng = np.random.default_rng(0)
@@ -52,7 +47,10 @@ def setup(tmp_path_factory):
 
     pipeline = CaptioningPipeline.from_pretrained(ckpt, device="cpu")
     paths = [root / "audio" / "test" / f"clip {i}.wav" for i in range(NUM_CLIPS)]
-    features = pipeline.features.extract_files(paths)
+    # Features must be computed under the same thread count as the runs they are compared with:
+    # float reductions differ across thread counts, and a random model amplifies any difference.
+    with torch_threads(1):
+        features = pipeline.features.extract_files(paths)
     with ShardWriter(root / "store", shard_size=2) as writer:
         for i, feats in enumerate(features):
             writer.add(f"test/clip {i}", feats)
@@ -61,7 +59,6 @@ def setup(tmp_path_factory):
             target = root / kind / "test" / f"clip {i}.npy"
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, array)
-    torch.set_num_threads(previous)
     return {"root": root, "ckpt": ckpt, "csv": test_csv}
 
 

@@ -19,6 +19,7 @@ from enclap.features.extractor import ClipFeatures, FeatureExtractor
 from enclap.features.store import SHARD_DIR, ShardedFeatureStore
 from enclap.jobs.extract import ExtractConfig, main, read_failures, run_extraction
 from tests.audio_helpers import tone, write_audio, write_bad_files
+from tests.conftest import torch_threads
 from tests.features.factories import save_tiny_clap, save_tiny_encodec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,19 +64,13 @@ def mixed_folder(tmp_path_factory) -> tuple[Path, dict[str, Path], dict[str, Pat
 @pytest.fixture(scope="module")
 def reference(models, mixed_folder) -> dict[str, ClipFeatures]:
     """Features computed file by file with the extractor itself, outside the job."""
-    import torch
-
     encodec, clap = models
     extractor = FeatureExtractor.from_pretrained(str(encodec), str(clap), device="cpu")
     _, good, _ = mixed_folder
     # One torch thread, as every job run below: on CPU a different thread count may flip a near-tie in
     # EnCodec's codeword search, and this test is about batching and processes, not threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
+    with torch_threads(THREADS):
         return {key: extractor.extract_files([path])[0] for key, path in good.items()}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def cli_args(models, input_: Path, output: Path, *extra: str) -> list[str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from ..conftest import torch_threads
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
