@@ -1,0 +1,396 @@
+"""The model-agnostic training loop, on a toy regression task: exact resume, accumulation, signals, NaN, checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from enclap.errors import CheckpointError, ConfigError
+from enclap.training.checkpoints import list_checkpoints, remove_stale_temporaries
+from enclap.training.loop import LoopConfig, LossTerms, NonFiniteLossError, Trainer, TrainingTask, parameter_groups
+from enclap.training.sampling import EpochBatchSampler, epoch_order, micro_batches_per_epoch
+from enclap.training.tracking import LOG_FILE, read_train_log
+
+from ..conftest import torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NUM_TRAIN, NUM_VAL = 22, 6
+
+
+class Points:
+    """x in R^4 -> y in R^2; a training item (epoch, index) adds noise drawn from (epoch, index) alone."""
+
+    def __init__(self, count: int, seed: int, noisy: bool) -> None:
+        rng = np.random.default_rng(seed)
+        self.x = rng.standard_normal((count, 4)).astype(np.float32)
+        self.y = np.stack([self.x[:, 0] - 2 * self.x[:, 1], self.x[:, 2] * self.x[:, 3]], axis=1).astype(np.float32)
+        self.noisy = noisy
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, item):
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        x = self.x[index]
+        if self.noisy:
+            x = x + 0.05 * np.random.default_rng([epoch, index]).standard_normal(4).astype(np.float32)
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(self.y[index]), "index": index}
+
+
+def collate(items):
+    return {"x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])}
+
+
+class Regressor(nn.Module):
+    """Returns the two loss-term sums (squared error of each output) of a batch; ``hook(self)`` runs in training."""
+
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
+        self.calls = 0
+        self.hook = None
+
+    def forward(self, x, y):
+        sums = ((self.net(x) - y) ** 2).sum(dim=0)
+        if self.training:
+            self.calls += 1
+            if self.hook is not None and self.hook(self):
+                sums = sums * float("nan")
+        return sums
+
+
+class ToyTask(TrainingTask):
+    def __init__(self, dropout: float = 0.3, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.module = Regressor(dropout)
+        self.loss_terms = LossTerms(weights=[1.0, 0.5], groups={"first": [0], "second": [1]})
+        self.train_dataset = Points(NUM_TRAIN, 1, noisy=True)
+        self.val_dataset = Points(NUM_VAL, 2, noisy=False)
+        self.collate_fn = collate
+        self.exports = []
+
+    def counts(self, batch):
+        n = float(len(batch["x"]))
+        return torch.tensor([n, n], dtype=torch.float64)
+
+    def fingerprint(self):
+        return {"width": 16}
+
+    def export(self, module, directory):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(directory / "weights.safetensors"))
+        self.exports.append(directory.name)
+
+
+def loop_config(**overrides) -> LoopConfig:
+    values = dict(
+        num_train_epochs=3, per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.05,
+        lr_scheduler_type="linear", num_warmup_steps=2, max_grad_norm=1.0, report_to="none",
+        dataloader_num_workers=0, progress=False, logging_steps=1, checkpoints_total_limit=0,
+    )
+    values.update(overrides)
+    return LoopConfig(**values)
+
+
+def train(output, config=None, *, task=None, seed=5, hook=None):
+    task = task or ToyTask()
+    trainer = Trainer(task, config or loop_config(), output_dir=output, seed=seed)
+    if hook is not None:
+        task.module.hook = lambda module: hook(trainer, module)
+    result = trainer.run()
+    return result, {k: v.detach().clone() for k, v in task.module.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def losses(output, kind="train", names=("loss", "first", "second")):
+    return {e["step"]: tuple(e[n] for n in names) for e in read_train_log(output) if e["type"] == kind}
+
+
+def stop_at(call):
+    def hook(trainer, module):
+        if module.calls == call:
+            trainer.request_stop()
+    return hook
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run of every resume test: 3 epochs of 6 steps, dropout on, no interruption."""
+    output = tmp_path_factory.mktemp("loop") / "uninterrupted"
+    with torch_threads(1):  # as the tests compared with it (module fixtures run before one_torch_thread)
+        result, weights = train(output)
+    return output, result, weights
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+    reference_dir, reference, reference_weights = uninterrupted
+    assert reference.status == "completed" and reference.global_step == reference.total_steps == 18
+    output = tmp_path / "run"
+    first, _ = train(output, hook=stop_at(8))  # step 8: the second step of epoch 2
+    assert first.status == "interrupted" and first.global_step == 8
+    assert [step for step, _ in list_checkpoints(output)] == [6, 8]
+    state = json.loads((output / "checkpoints" / "step_8" / "loop_state.json").read_text())
+    assert (state["epoch"], state["micro_batch"]) == (1, 2)
+    # A line an interrupted run might have logged past its checkpoint is dropped on resume.
+    with open(output / LOG_FILE, "a") as fh:
+        fh.write(json.dumps({"type": "train", "step": 9, "loss": -1.0, "first": 0, "second": 0}) + "\n")
+
+    second, weights = train(output, task=ToyTask(seed=123))  # other initial weights: all must come from the checkpoint
+    assert second.status == "completed" and second.resumed_from == output / "checkpoints" / "step_8"
+    assert_same_weights(weights, reference_weights)
+    assert losses(output) == losses(reference_dir)
+    assert sorted(losses(output)) == list(range(1, 19))
+    assert losses(output, "validation", ("val_loss", "val_first")) == losses(reference_dir, "validation", ("val_loss", "val_first"))
+
+
+def test_resume_with_accumulation_and_loader_workers_equals_an_uninterrupted_run(tmp_path):
+    config = loop_config(gradient_accumulation_steps=2, per_device_train_batch_size=2, dataloader_num_workers=2, num_train_epochs=2)
+    reference, reference_weights = train(tmp_path / "reference", config)
+    assert reference.total_steps == 12  # 11 micro-batches of 2 per epoch, 2 per step
+    interrupted, _ = train(tmp_path / "run", config, hook=stop_at(9))  # during step 5 of epoch 1 (calls 9-10)
+    assert interrupted.status == "interrupted" and interrupted.global_step == 5
+    resumed, weights = train(tmp_path / "run", config)
+    assert resumed.status == "completed"
+    assert_same_weights(weights, reference_weights)
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_completes(uninterrupted, tmp_path):
+    reference_dir, _, reference_weights = uninterrupted
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def hook(trainer, module):
+        if module.calls == 11:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    output = tmp_path / "run"
+    first, _ = train(output, hook=hook)
+    assert (first.status, first.signal, first.global_step) == ("interrupted", "SIGTERM", 11)
+    assert first.last_checkpoint == output / "checkpoints" / "step_11"
+    assert signal.getsignal(signal.SIGTERM) is previous  # the loop's handler is gone again
+    second, weights = train(output)
+    assert second.status == "completed"
+    assert_same_weights(weights, reference_weights)
+    assert losses(output) == losses(reference_dir)
+
+
+def test_a_finished_run_rerun_does_nothing_and_keeps_its_model(uninterrupted):
+    output, reference, weights = uninterrupted
+    before = (output / "final" / "weights.safetensors").read_bytes()
+    task = ToyTask(seed=9)
+    again, after = train(output, task=task)
+    assert again.status == "completed" and again.global_step == reference.global_step
+    assert task.module.calls == 0 and task.exports == []
+    assert_same_weights(after, weights)
+    assert (output / "final" / "weights.safetensors").read_bytes() == before
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path):
+    config = loop_config(lr_scheduler_type="constant", num_train_epochs=1)
+    train(tmp_path / "run", config)
+    longer = loop_config(lr_scheduler_type="constant", num_train_epochs=2)
+    extended, weights = train(tmp_path / "run", longer)
+    assert extended.resumed_from == tmp_path / "run" / "checkpoints" / "step_6" and extended.global_step == 12
+    _, direct = train(tmp_path / "direct", longer)
+    assert_same_weights(weights, direct)
+
+
+# --------------------------------------------------------------------------------------------- the loss
+
+
+def test_accumulation_and_micro_batch_size_do_not_change_the_steps(tmp_path):
+    common = dict(dropout=0.0)
+    results = {}
+    for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
+        config = loop_config(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, num_train_epochs=2)
+        output = tmp_path / f"b{batch}"
+        result, weights = train(output, config, task=ToyTask(**common))
+        assert result.total_steps == 6  # steps of 8, 8 and 6 examples per epoch in every variant
+        results[batch] = (weights, losses(output))
+    for batch in (4, 2):
+        assert_same_weights(results[batch][0], results[8][0], atol=1e-6)
+        for step, values in results[8][1].items():
+            np.testing.assert_allclose(results[batch][1][step], values, rtol=1e-6)
+
+
+def test_the_step_loss_is_the_weighted_mean_over_the_step_examples(tmp_path):
+    task = ToyTask(dropout=0.0)
+    initial = {k: v.clone() for k, v in task.module.state_dict().items()}
+    train(tmp_path / "run", loop_config(num_train_epochs=1), task=task, seed=5)
+    first = [e for e in read_train_log(tmp_path / "run") if e["type"] == "train"][0]
+    # Recompute step 1 by hand: its examples, the initial weights, mean squared error per output.
+    model = Regressor(0.0)
+    model.load_state_dict(initial)
+    order = epoch_order(NUM_TRAIN, 5, 0)[:4]
+    items = [task.train_dataset[(0, int(i))] for i in order]
+    x, y = torch.stack([i["x"] for i in items]), torch.stack([i["y"] for i in items])
+    with torch.no_grad():
+        err = (model.net(x) - y) ** 2
+    assert first["first"] == pytest.approx(float(err[:, 0].mean()), rel=1e-6)
+    assert first["second"] == pytest.approx(0.5 * float(err[:, 1].mean()), rel=1e-6)
+    assert first["loss"] == pytest.approx(first["first"] + first["second"], rel=1e-12)
+    assert first["examples_per_second"] > 0 and first["lr"] == pytest.approx(0.025)  # warm-up step 1 of 2
+
+
+# --------------------------------------------------------------------------------------------- failures
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    output = tmp_path / "run"
+    seen = {}
+
+    def hook(trainer, module):
+        if module.calls == 7:
+            path = output / "checkpoints" / "step_6" / "model.safetensors"
+            seen["hash"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            return True
+        return False
+
+    with pytest.raises(NonFiniteLossError, match=r"step 7: the loss is not finite \(loss=nan") as info:
+        train(output, loop_config(checkpointing_steps="3"), hook=hook)
+    assert str(output / "checkpoints" / "step_6") in str(info.value)
+    assert [step for step, _ in list_checkpoints(output)] == [3, 6]
+    assert hashlib.sha256((output / "checkpoints" / "step_6" / "model.safetensors").read_bytes()).hexdigest() == seen["hash"]
+    assert not [p for p in (output / "checkpoints").iterdir() if p.name.startswith(".")]
+    # The run resumes from step 6 once the cause is gone.
+    result, _ = train(output, loop_config(checkpointing_steps="3"))
+    assert result.status == "completed" and result.resumed_from.name == "step_6"
+
+
+def test_only_the_last_checkpoints_are_kept(tmp_path):
+    result, _ = train(tmp_path / "run", loop_config(checkpointing_steps="4", checkpoints_total_limit=2))
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [16, 18]
+    assert result.last_checkpoint.name == "step_18"
+
+
+def test_damaged_checkpoints_are_refused_clearly(tmp_path):
+    output = tmp_path / "run"
+    train(output, loop_config(num_train_epochs=1))
+    latest = output / "checkpoints" / "step_6"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"step_6: the checkpoint cannot be loaded .*damaged"):
+        train(output, loop_config(num_train_epochs=2))
+    (latest / "loop_state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step_6: not a training checkpoint of this project \(no loop_state.json\)"):
+        train(output, loop_config(num_train_epochs=2))
+    (latest / "loop_state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"loop_state.json: unreadable"):
+        train(output, loop_config(num_train_epochs=2))
+
+
+def test_a_checkpoint_of_a_different_run_is_refused_with_the_differences(tmp_path):
+    output = tmp_path / "run"
+    train(output, loop_config(num_train_epochs=1))
+    with pytest.raises(CheckpointError, match=r"loop.seed: checkpoint 5, now 6"):
+        train(output, loop_config(num_train_epochs=2), seed=6)
+    with pytest.raises(CheckpointError, match=r"loop.optimizer.learning_rate: checkpoint 0.05, now 0.1"):
+        train(output, loop_config(num_train_epochs=2, learning_rate=0.1))
+    with pytest.raises(CheckpointError, match=r"loop.global_micro_batch: checkpoint 4, now 8"):
+        train(output, loop_config(num_train_epochs=2, per_device_train_batch_size=8))
+    task = ToyTask()
+    task.fingerprint = lambda: {"width": 32}
+    with pytest.raises(CheckpointError, match=r"task.width: checkpoint 16, now 32"):
+        train(output, loop_config(num_train_epochs=2), task=task)
+    with pytest.raises(ConfigError, match=r"already holds checkpoints \(latest: step_6\) and resume=never"):
+        train(output, loop_config(resume="never"))
+    with pytest.raises(CheckpointError, match=r"no such checkpoint directory"):
+        train(output, loop_config(resume=str(tmp_path / "nowhere")))
+
+
+def test_resume_from_a_named_checkpoint(tmp_path):
+    output = tmp_path / "run"
+    train(output, loop_config(checkpointing_steps="2", num_train_epochs=1))
+    result, _ = train(tmp_path / "other", loop_config(resume=str(output / "checkpoints" / "step_4"), num_train_epochs=1))
+    assert result.resumed_from == output / "checkpoints" / "step_4" and result.global_step == 6
+
+
+def test_best_metric_exports_the_best_model(tmp_path):
+    task = ToyTask()
+    result, _ = train(tmp_path / "run", loop_config(eval_steps=2), task=task)
+    validations = losses(tmp_path / "run", "validation", ("val_loss",))
+    best_step = min(validations, key=lambda step: validations[step][0])
+    assert result.best == {"metric": "val_loss", "value": validations[best_step][0], "step": best_step}
+    state = json.loads((tmp_path / "run" / "best" / "training_state.json").read_text())
+    assert state["step"] == best_step and state["validation"]["val_loss"] == validations[best_step][0]
+    assert (tmp_path / "run" / "final" / "weights.safetensors").is_file()
+    with pytest.raises(ConfigError, match=r"best_metric 'spider' is not a validation figure"):
+        Trainer(ToyTask(), loop_config(best_metric="spider"), output_dir=tmp_path / "x", seed=1)
+
+
+def test_config_validation_names_each_bad_setting():
+    with pytest.raises(ValueError) as info:
+        loop_config(learning_rate=0, lr_scheduler_type="reduce_lr_on_plateau", checkpointing_steps="often", mixed_precision="fp8").validate()
+    text = str(info.value)
+    for part in ("learning_rate must be > 0", "lr_scheduler_type must be one of", "checkpointing_steps must be 'epoch'", "mixed_precision must be one of"):
+        assert part in text
+
+
+# --------------------------------------------------------------------------------------------- pieces
+
+
+def test_stale_temporaries_are_removed_and_a_moved_aside_checkpoint_restored(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step_9").mkdir(parents=True)
+    (root / ".old-step_4").mkdir()
+    (root / ".old-step_4" / "loop_state.json").write_text("{}")
+    (root / "step_6").mkdir()
+    (root / ".old-step_6").mkdir()
+    remove_stale_temporaries(root)
+    assert sorted(p.name for p in root.iterdir()) == ["step_4", "step_6"]
+    assert (root / "step_4" / "loop_state.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_processes_read_disjoint_parts_that_together_are_the_global_batch(processes):
+    num_examples, per_device = 23, 2
+    global_size = per_device * processes
+    samplers = [
+        EpochBatchSampler(num_examples, global_size, seed=4, epoch=1, process_index=p, num_processes=processes)
+        for p in range(processes)
+    ]
+    parts = [list(s) for s in samplers]
+    assert len({len(p) for p in parts}) == 1  # every process takes part in every step
+    order = epoch_order(num_examples, 4, 1)
+    for number, pieces in enumerate(zip(*parts)):
+        indices = [index for piece in pieces for _, index in piece]
+        assert indices == order[number * global_size : (number + 1) * global_size].tolist()
+        assert all(epoch == 1 for piece in pieces for epoch, _ in piece)
+    covered = [index for part in parts for batch in part for _, index in batch]
+    dropped = num_examples - len(covered)
+    assert len(set(covered)) == len(covered)
+    assert dropped == (num_examples % global_size if num_examples % global_size < processes else 0)
+    # Starting at micro-batch 3 reads exactly what is left.
+    assert list(EpochBatchSampler(num_examples, global_size, seed=4, epoch=1, process_index=0, num_processes=processes, start=3)) == parts[0][3:]
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    assert epoch_order(50, 1, 2).tolist() == epoch_order(50, 1, 2).tolist()
+    assert epoch_order(50, 1, 2).tolist() != epoch_order(50, 1, 3).tolist()
+    assert epoch_order(50, 1, 2).tolist() != epoch_order(50, 2, 2).tolist()
+    assert micro_batches_per_epoch(10, 4, 2) == 3 and micro_batches_per_epoch(9, 4, 2) == 2 and micro_batches_per_epoch(9, 4, 1) == 3
+
+
+def test_no_weight_decay_on_biases_and_normalisation():
+    module = Regressor(0.0)
+    decay, plain = parameter_groups(module, 0.01)
+    assert decay["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(module.net[0].weight), id(module.net[4].weight)}
+    assert {id(p) for p in plain["params"]} == {id(module.net[0].bias), id(module.net[1].weight), id(module.net[1].bias), id(module.net[4].bias)}
