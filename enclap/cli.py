@@ -30,6 +30,12 @@ def metrics_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def train_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.train_captioner import main
+
+    return main(argv)
+
+
 def demo_data_main(argv: Sequence[str] | None = None) -> int:
     from .data.synthetic import main
 

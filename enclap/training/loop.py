@@ -215,6 +215,10 @@ class TrainingTask:
         """What must not change when a run is resumed (model shape, data identity...), JSON-serialisable."""
         return {}
 
+    def run_files(self) -> dict[str, str]:
+        """Files (name -> text) written into the output directory once the run is accepted (fresh, or resumable)."""
+        return {}
+
     def validation_metric_names(self) -> set[str]:
         """Names :meth:`extra_validation` can return (so that ``best_metric`` can be checked up front)."""
         return set()
@@ -301,6 +305,16 @@ def build_scheduler(optimizer, config: LoopConfig, total_steps: int):
     )
 
 
+class _TiedWeightsNotice(logging.Filter):
+    """Drop accelerate's warning, at every save, that tied weights are stored once (they load back tied)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+_TIED_WEIGHTS_FILTER = _TiedWeightsNotice()
+
+
 def _batch_size(batch: dict[str, Any]) -> int:
     """Examples in a collated batch: the leading size of its first tensor."""
     for value in batch.values():
@@ -358,6 +372,7 @@ class Trainer:
         accelerator: "Accelerator | None" = None,
     ) -> None:
         config.validate()
+        logging.getLogger("accelerate.utils.other").addFilter(_TIED_WEIGHTS_FILTER)  # idempotent
         self.task = task
         self.config = config
         self.output_dir = Path(output_dir)
@@ -766,6 +781,11 @@ class Trainer:
             self.last_checkpoint, self.last_saved_step = resume_from, step
             logger.info("resuming from %s: step %d of %d, epoch %d, micro-batch %d", resume_from, step, self.total_steps, epoch, micro_batch)
 
+        if self.is_main_process:
+            for name, text in self.task.run_files().items():
+                tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{name}"
+                tmp.write_text(text)
+                os.replace(tmp, self.output_dir / name)
         self.log = TrainingLog(self.output_dir, report_to=cfg.report_to, resume_step=step if resume_from else None) if self.is_main_process else None
         self.progress = (
             tqdm(total=self.total_steps, initial=min(step, self.total_steps), desc="training", unit="step",

@@ -135,4 +135,5 @@ def tiny_overrides(files: dict[str, Path], output: Path, **extra) -> list[str]:
         "train.checkpoints_total_limit": 0,
     }
     values.update(extra)
-    return [f"{key}={value}" for key, value in values.items()]
+    # An empty value is written '' (a bare "key=" means null to OmegaConf).
+    return [f"{key}={value if value != '' else repr('')}" for key, value in values.items()]

@@ -1,0 +1,223 @@
+"""The EnCLAP captioner as a :class:`~enclap.training.loop.TrainingTask`.
+
+Its training objective is the model's: caption cross-entropy (with ``config.label_smoothing``) plus
+``config.mcm_loss_scale`` times the masked codec modeling loss, which weights codebook ``i``'s
+cross-entropy by ``1 / 2**(i+1)``. For the loop, :class:`CaptionerLossModule` returns that objective
+as *sums* with :func:`caption_batch_counts` giving their counts: term 0 is the summed caption
+cross-entropy over non-ignored tokens, term ``1 + i`` the summed cross-entropy of codebook ``i`` over
+its masked positions. Dividing each sum by its count over a batch gives exactly the model's own
+``loss`` / ``lm_loss`` / ``mcm_loss`` for that batch (a test holds the two together); the loop divides
+by the counts of the whole optimizer step instead, so the step's loss does not depend on how the step
+is split into micro-batches or processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.dataset import IGNORE_INDEX, CaptionCollator
+from .loop import LossTerms, TrainingTask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..features.extractor import ClipFeatures
+    from ..model import EnClapBartForConditionalGeneration
+    from ..pipeline import PipelineSettings
+
+logger = logging.getLogger(__name__)
+
+MODEL_INPUT_KEYS = ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")
+
+
+def codebook_cross_entropy_sums(heads: Sequence[nn.Module], hidden: torch.Tensor, mcm_labels: torch.Tensor) -> torch.Tensor:
+    """``(num_codebooks,)``: summed cross-entropy of head ``i`` over the positions where ``mcm_labels[..., i]`` is set."""
+    # One gather of every labelled (position, codebook) pair, grouped by codebook, as the model does.
+    head_index, batch_index, time_index = (mcm_labels != IGNORE_INDEX).permute(2, 0, 1).nonzero(as_tuple=True)
+    counts = torch.bincount(head_index, minlength=len(heads)).tolist()
+    rows = hidden[batch_index, time_index].split(counts)
+    targets = mcm_labels[batch_index, time_index, head_index].split(counts)
+    # An empty selection sums to 0 and keeps the head in the graph (DDP expects every parameter used).
+    return torch.stack(
+        [F.cross_entropy(head(rows[i]).float(), targets[i], reduction="sum") for i, head in enumerate(heads)]
+    )
+
+
+class CaptionerLossModule(nn.Module):
+    """The captioner (``.captioner``) returning its loss-term sums: ``[caption CE sum, codebook 0..K-1 CE sums]``."""
+
+    def __init__(self, captioner: "EnClapBartForConditionalGeneration") -> None:
+        super().__init__()
+        self.captioner = captioner
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encodec_mask: torch.Tensor,
+        attention_mask: torch.Tensor,
+        clap_embedding: torch.Tensor,
+        labels: torch.Tensor,
+        mcm_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        from transformers.models.bart.modeling_bart import shift_tokens_right
+
+        config = self.captioner.config
+        # The decoder reads the caption shifted right, exactly as the model does when given labels.
+        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        outputs = self.captioner(
+            input_ids=input_ids,
+            clap_embedding=clap_embedding,
+            encodec_mask=encodec_mask,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        logits = outputs.logits
+        caption_sum = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1).to(logits.device),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=float(config.label_smoothing),
+            reduction="sum",
+        )
+        codec_sums = codebook_cross_entropy_sums(
+            self.captioner.mcm_heads, outputs.encoder_last_hidden_state, mcm_labels.to(logits.device)
+        )
+        return torch.cat([caption_sum.reshape(1), codec_sums])
+
+
+def caption_batch_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(1 + num_codebooks,)`` float64: caption tokens with a label, then masked positions per codebook."""
+    caption = (batch["labels"] != IGNORE_INDEX).sum().reshape(1)
+    codec = (batch["mcm_labels"] != IGNORE_INDEX).sum(dim=(0, 1))
+    return torch.cat([caption, codec]).to(torch.float64)
+
+
+def captioner_loss_terms(config) -> LossTerms:
+    """Weights: 1 for the caption term, ``mcm_loss_scale / 2**(i+1)`` for codebook ``i``; groups lm_loss / mcm_loss."""
+    num_rvq = int(config.num_rvq)
+    weights = [1.0] + [float(config.mcm_loss_scale) * 0.5 ** (i + 1) for i in range(num_rvq)]
+    return LossTerms(weights=weights, groups={"lm_loss": [0], "mcm_loss": list(range(1, num_rvq + 1))})
+
+
+class CaptionMetricValidation:
+    """Caption up to N validation clips with the pipeline and score them (e.g. SPIDEr, CIDEr-D)."""
+
+    def __init__(
+        self,
+        clips: Sequence["ClipFeatures"],
+        names: Sequence[str],
+        references: Sequence[Sequence[str]],
+        metrics: Sequence[str],
+        *,
+        batch_size: int = 16,
+        metrics_cache: str | None = None,
+    ) -> None:
+        from ..metrics import CaptionScorer
+
+        self.clips = list(clips)
+        self.names = list(names)
+        self.references = [list(r) for r in references]
+        self.metrics = tuple(metrics)
+        self.batch_size = batch_size
+        self.scorer = CaptionScorer(self.metrics, cache_dir=metrics_cache)
+        unavailable = self.scorer.unavailable
+        if unavailable:
+            from ..errors import MetricUnavailableError
+
+            raise MetricUnavailableError(
+                "validation metric(s) cannot run here: " + "; ".join(f"{name}: {why}" for name, why in unavailable.items())
+            )
+
+    def __call__(self, captioner, tokenizer, settings: "PipelineSettings") -> dict[str, float]:
+        from ..pipeline import CaptioningPipeline
+
+        device = next(captioner.parameters()).device
+        pipeline = CaptioningPipeline(captioner, tokenizer, None, settings=settings, device=str(device), batch_size=self.batch_size)
+        captions = pipeline.caption_features(self.clips, names=self.names)
+        report = self.scorer.score(captions, self.references)
+        return {name: float(value) for name, value in report.corpus.items()}
+
+
+class CaptionerTask(TrainingTask):
+    """The EnCLAP captioner for :func:`~enclap.training.loop.run_training`."""
+
+    def __init__(
+        self,
+        model: "EnClapBartForConditionalGeneration",
+        tokenizer: "PreTrainedTokenizerBase",
+        train_dataset: Any,
+        val_dataset: Any = None,
+        *,
+        pipeline_settings: "PipelineSettings | None" = None,
+        metric_validation: CaptionMetricValidation | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        export_files: dict[str, str] | None = None,
+        run_files: dict[str, str] | None = None,
+    ) -> None:
+        from ..model.inputs import max_frames_for
+        from ..pipeline import PipelineSettings
+
+        config = model.config
+        self.module = CaptionerLossModule(model)
+        self.loss_terms = captioner_loss_terms(config)
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.collate_fn = CaptionCollator(
+            max_frames_for(config),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            codec_pad_id=config.encodec_pad_token_id,
+        )
+        self.tokenizer = tokenizer
+        self.pipeline_settings = pipeline_settings or PipelineSettings()
+        self.metric_validation = metric_validation
+        self._fingerprint = fingerprint or {}
+        self.export_files = dict(export_files or {})
+        self._run_files = dict(run_files or {})
+
+    def counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        return caption_batch_counts(batch)
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {key: batch[key] for key in MODEL_INPUT_KEYS}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
+
+    def run_files(self) -> dict[str, str]:
+        return self._run_files
+
+    def validation_metric_names(self) -> set[str]:
+        return set(self.metric_validation.metrics) if self.metric_validation else set()
+
+    def extra_validation(self, module: nn.Module, step: int) -> dict[str, float]:
+        if self.metric_validation is None:
+            return {}
+        return self.metric_validation(module.captioner, self.tokenizer, self.pipeline_settings)
+
+    def export(self, module: nn.Module, directory: Path) -> None:
+        """A directory :meth:`CaptioningPipeline.from_pretrained` (and ``evaluate.py --ckpt``) loads."""
+        from ..pipeline import CaptioningPipeline
+
+        captioner = module.captioner
+        device = next(captioner.parameters()).device
+        CaptioningPipeline(captioner, self.tokenizer, None, settings=self.pipeline_settings, device=str(device)).save_pretrained(directory)
+        for name, text in self.export_files.items():
+            (Path(directory) / name).write_text(text)
+
+
+__all__ = [
+    "CaptionMetricValidation",
+    "CaptionerLossModule",
+    "CaptionerTask",
+    "caption_batch_counts",
+    "captioner_loss_terms",
+    "codebook_cross_entropy_sums",
+]

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Train the EnCLAP captioner with `accelerate launch`, as the reference's train.sh does.
+#
+#   ./train.sh [CONFIG.yaml] [key=value ...]        e.g. ./train.sh cfg/clotho/base.yaml train.learning_rate=1e-4
+#
+# Environment:
+#   NUM_PROCESSES  processes (GPUs) to launch (default: every visible GPU, else 1)
+#   PORT           main process port (default 29500)
+#   CPU=1          train on CPU. Several CPU processes need accelerate's --multi_gpu with ACCELERATE_USE_CPU=true,
+#                  which this script sets up: `accelerate launch --cpu --num_processes 2` silently runs ONE process.
+#                  e.g.  CPU=1 NUM_PROCESSES=2 ./train.sh cfg/clotho/base.yaml
+#   (torchrun works too: torchrun --nproc_per_node 2 train.py --config CONFIG.yaml)
+#
+# Rerunning the same command resumes from the last checkpoint in the config's output_dir.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+CFG_PATH="${1:-cfg/clotho/base.yaml}"
+shift || true
+PORT="${PORT:-29500}"
+if [[ -z "${NUM_PROCESSES:-}" ]]; then
+  if [[ "${CPU:-0}" == "1" ]]; then
+    NUM_PROCESSES=1
+  else
+    NUM_PROCESSES="$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
+  fi
+fi
+
+LAUNCH=(accelerate launch --num_machines 1 --num_processes "$NUM_PROCESSES" --main_process_port "$PORT"
+        --mixed_precision no --dynamo_backend no)
+if [[ "${CPU:-0}" == "1" ]]; then
+  export ACCELERATE_USE_CPU=true OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  if (( NUM_PROCESSES > 1 )); then LAUNCH+=(--multi_gpu); else LAUNCH+=(--cpu); fi
+elif (( NUM_PROCESSES > 1 )); then
+  LAUNCH+=(--multi_gpu)
+fi
+
+exec "${LAUNCH[@]}" train.py --config "$CFG_PATH" "$@"
