@@ -589,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     quiet_model_loading()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise; the loop logs each save
     if rank != 0:
         from transformers.utils import logging as hf_logging
 
