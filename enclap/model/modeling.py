@@ -19,7 +19,8 @@ Differences from the reference, none of which changes a number:
   never receives a gradient);
 - MCM logits are computed only at labelled positions (the reference projects every position
   through every head, then ignores all but ~15 % of them);
-- attention uses the configured transformers back end (SDPA by default);
+- attention uses the configured transformers back end; by default SDPA, with a blockwise kernel for
+  CPU training with attention dropout, where SDPA has no fused kernel (``attention.py``);
 - a codebook without any masked position contributes 0 to the MCM loss (the reference gives NaN);
 - it runs on any device (no hard-coded ``.cuda()``) and on current transformers.
 """
@@ -52,7 +53,12 @@ from transformers.utils.output_capturing import capture_outputs
 
 from ..errors import CheckpointError
 from ..loading import load_pretrained
+from .attention import ENCLAP_ATTENTION, register_enclap_attention
 from .configuration import EnClapBartConfig
+
+# A dictionary entry in transformers' attention registries, so that any process holding an EnCLAP
+# model (also one unpickled in a worker) can resolve its attention back end.
+register_enclap_attention()
 
 # Label value ignored by every loss (the Hugging Face / PyTorch convention the reference uses).
 IGNORE_INDEX = -100
@@ -96,6 +102,14 @@ class EnClapBartPreTrainedModel(BartPreTrainedModel):
 
     config_class = EnClapBartConfig
     config: EnClapBartConfig
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
+    ) -> str:
+        # Unless asked for another back end, use SDPA with the blockwise kernel for CPU training with
+        # attention dropout (enclap/model/attention.py); it is plain SDPA everywhere else.
+        resolved = super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, allow_all_kernels)
+        return ENCLAP_ATTENTION if attn_implementation is None and resolved == "sdpa" else resolved
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
