@@ -33,8 +33,10 @@ Around that:
 * **resume**: ``resume=auto`` continues from the latest checkpoint when the same command is run again,
   skipping the batches already seen (the sampler order is a function of seed and epoch), so the run
   continues exactly as if it had never stopped. A checkpoint of a run that differs in what matters
-  (the task's fingerprint: model shape, data...; seed; batch geometry; optimizer settings) is refused
-  with the differences listed. ``resume=never`` refuses an output directory that holds checkpoints;
+  (the task's fingerprint: model shape, data...; seed; batch geometry; number of processes) is refused
+  with the differences listed. Other settings may change and are logged; optimizer settings (learning
+  rate, schedule, weight decay...) then apply from the resumed step on, e.g. to continue a diverged run
+  at a lower learning rate. ``resume=never`` refuses an output directory that holds checkpoints;
   ``resume=<dir>`` names one.
 * **validation**: loss on the validation set each epoch (and every ``eval_steps``), summed over
   processes without counting any example twice; the task may add metrics (e.g. caption scores); the
@@ -49,14 +51,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -431,15 +435,6 @@ class Trainer:
                 "global_micro_batch": self.global_micro_batch,
                 "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
                 "num_train_examples": len(self.task.train_dataset),
-                "optimizer": {
-                    "learning_rate": cfg.learning_rate,
-                    "weight_decay": cfg.weight_decay,
-                    "betas": [cfg.adam_beta1, cfg.adam_beta2],
-                    "epsilon": cfg.adam_epsilon,
-                    "lr_scheduler_type": cfg.lr_scheduler_type,
-                    "num_warmup_steps": cfg.num_warmup_steps,
-                    "time_scale": cfg.time_scale,
-                },
             },
             "task": self.task.fingerprint(),
         }
@@ -505,6 +500,7 @@ class Trainer:
                 f"{path}: the checkpoint cannot be loaded ({type(err).__name__}: {first}). It may be damaged: delete it to "
                 "resume from the one before, or pass resume=<another checkpoint>."
             ) from err
+        self._apply_optimizer_settings()
         rng_file = path / f"random_states_{self.process_index}.pkl"
         try:
             saved = accelerate_load(str(rng_file))
@@ -515,6 +511,27 @@ class Trainer:
             # accelerate only logs a failure to restore them; without them the run would not continue exactly.
             raise CheckpointError(f"{rng_file}: the random states were not restored")
         return state
+
+    def _apply_optimizer_settings(self) -> None:
+        """Make the restored optimizer and schedule follow this run's settings from the resumed step on.
+
+        ``load_state`` restores the checkpoint's learning rate, weight decay, betas and epsilon with the
+        optimizer state; a run resumed with other values (e.g. a lower learning rate after a divergence)
+        must use its own. Unchanged settings give back exactly the restored values.
+        """
+        from torch.optim.lr_scheduler import LambdaLR
+
+        cfg = self.config
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)
+        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+            group.update(weight_decay=decay, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, initial_lr=cfg.learning_rate)
+        if not isinstance(scheduler, LambdaLR):
+            return
+        scheduler.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)  # what LambdaLR.step sets at this step
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     # ------------------------------------------------------------------ data
     def _train_loader(self, epoch: int, start: int):
@@ -600,7 +617,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._non_finite_message(step, "the gradient norm", {**figures, "grad_norm": grad_norm}))
         self.optimizer.step()
-        self.scheduler.step()
+        if not acc.optimizer_step_was_skipped:  # fp16: the gradient scaler skipped an overflowing step
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         figures["grad_norm"] = grad_norm
         return figures, False
@@ -661,13 +679,9 @@ class Trainer:
     # ------------------------------------------------------------------ saving
     def _export(self, name: str, step: int, epoch: int, figures: dict[str, float] | None) -> Path:
         """Main process: the task's export of the current model, committed atomically to ``<output>/<name>``."""
-        import json
-
         final = self.output_dir / name
         tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{name}"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         # (keep_fp32_wrapper=False would strip the mixed-precision wrapper from the live module for good)
@@ -681,8 +695,6 @@ class Trainer:
 
     def _save_checkpoint(self, step: int, epoch: int, micro_batch: int) -> Path:
         """Every process: save the full training state after ``step`` (position: micro-batch ``micro_batch`` of ``epoch``)."""
-        import shutil
-
         acc = self.accelerator
         final = ckpt.checkpoint_dir(self.output_dir, step)
         tmp = final.parent / f"{ckpt.TMP_PREFIX}{final.name}"
@@ -830,8 +842,6 @@ class Trainer:
         )
 
     def _export_is_current(self, directory: Path) -> bool:
-        import json
-
         try:
             info = json.loads((directory / EXPORT_STATE_FILE).read_text())
         except (OSError, ValueError):
