@@ -266,6 +266,8 @@ def build_tokenizer(config: TrainCaptionerConfig, train_captions: Sequence[str],
             tmp = saved.with_name(f".tmp-{TOKENIZER_DIR}")
             shutil.rmtree(tmp, ignore_errors=True)
             tokenizer.save_pretrained(tmp)
+            if saved.exists():  # a directory without tokenizer files (left by hand): replaced
+                shutil.rmtree(saved)
             os.replace(tmp, saved)  # whole or absent: a resumed run must find exactly this tokenizer
         return tokenizer
     if tok.name_or_path:
