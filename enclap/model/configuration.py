@@ -5,6 +5,7 @@ The released EnCLAP checkpoints ship a ``config.json`` with ``"model_type": "bar
 ``label_smoothing``); :class:`EnClapBartConfig` reads such a file unchanged.
 """
 
+import logging
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -18,6 +19,8 @@ CODEC_TABLE_ROW_MULTIPLE = 64
 def codec_table_rows(encodec_vocab_size: int) -> int:
     """Rows of each codebook embedding table: ``ceil((encodec_vocab_size + 1) / 64) * 64`` (1088 for 1024 codes)."""
     return math.ceil((encodec_vocab_size + 1) / CODEC_TABLE_ROW_MULTIPLE) * CODEC_TABLE_ROW_MULTIPLE
+
+logger = logging.getLogger(__name__)
 
 
 @strict
@@ -54,6 +57,21 @@ class EnClapBartConfig(BartConfig):
         The three other slots are the CLAP slot (first BOS), the second BOS and the EOS.
         """
         return self.max_position_embeddings - 3
+
+    def validate_token_ids(self) -> None:
+        """Part of the ``@strict`` validation: text token ids against the text vocabulary.
+
+        transformers checks every ``*_token_id`` against ``vocab_size``; ``encodec_pad_token_id`` is a
+        codec id (checked against the codec tables in :meth:`validate_enclap_fields`), so with a text
+        vocabulary under 1025 tokens (tiny test / demo models) the generic check would warn wrongly.
+        """
+        for name in self:
+            value = getattr(self, name)
+            if name.endswith("_token_id") and name != "encodec_pad_token_id" and isinstance(value, int):
+                if not 0 <= value < self.vocab_size:
+                    logger.warning(
+                        "EnClapBartConfig: %s must be None or a token id in [0, %d), got %d", name, self.vocab_size, value
+                    )
 
     def validate_enclap_fields(self) -> None:
         """Part of the ``@strict`` validation: the codec / CLAP fields must describe a buildable model."""

@@ -399,6 +399,12 @@ class Trainer:
 
     def run(self) -> TrainingResult:
         """Train (or resume) until the step budget is spent or a stop is requested."""
+        if self.accelerator.device.type == "cpu":
+            # Each step frees and re-allocates the same large activations; by default glibc returns
+            # them to the kernel and page-faults them back (seconds per step at BART-base size).
+            from ..allocator import retain_freed_memory
+
+            retain_freed_memory()
         self._signals.install()
         try:
             return self._run()

@@ -123,6 +123,15 @@ def test_invalid_config_fields_are_rejected():
         EnClapBartConfig(label_smoothing=1.0)
 
 
+def test_codec_pad_id_is_not_checked_against_the_text_vocabulary(caplog):
+    """encodec_pad_token_id is a codec id: a small text vocabulary must not make it look invalid."""
+    with caplog.at_level("WARNING", logger="enclap.model.configuration"):
+        EnClapBartConfig(vocab_size=100)
+        assert not caplog.records
+        EnClapBartConfig(vocab_size=100, pad_token_id=500)  # a text id outside the text vocabulary is still reported
+    assert [r.getMessage() for r in caplog.records] == ["EnClapBartConfig: pad_token_id must be None or a token id in [0, 100), got 500"]
+
+
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_reference_state_dict_loads_without_missing_or_unexpected_keys(tmp_path, fmt, rng):
     sd = reference_state_dict()
