@@ -798,6 +798,15 @@ class Trainer:
             self.window = state.get("log_window") or self._new_window()
             self.last_checkpoint, self.last_saved_step = resume_from, step
             logger.info("resuming from %s: step %d of %d, epoch %d, micro-batch %d", resume_from, step, self.total_steps, epoch, micro_batch)
+        elif self.is_main_process:
+            stale = [name for name in (FINAL_DIR, BEST_DIR) if (self.output_dir / name).is_dir()]
+            if stale:
+                # No checkpoint: a fresh run. Exports already there belong to an earlier run of this directory.
+                logger.warning(
+                    "%s: %s left by an earlier run; this run starts from scratch and replaces them when it exports",
+                    self.output_dir, " and ".join(f"{name}/" for name in stale),
+                )
+        self.start_step = step
 
         if self.is_main_process:
             for name, text in self.task.run_files().items():
@@ -827,7 +836,7 @@ class Trainer:
         final_dir = None
         if status == "completed":
             final_dir = self.output_dir / FINAL_DIR
-            if self.is_main_process and not self._export_is_current(final_dir):
+            if self.is_main_process and not self._final_is_current(final_dir, resume_from):
                 self._export(FINAL_DIR, self.step, self.epoch, self.last_validation)
                 logger.info("final model written to %s", final_dir)
             acc.wait_for_everyone()
@@ -840,14 +849,22 @@ class Trainer:
             output_dir=self.output_dir,
             last_checkpoint=self.last_checkpoint,
             final_dir=final_dir,
-            best_dir=best_dir if best_dir.is_dir() else None,
+            # Only a best this run's history recorded: a fresh run may find an earlier run's best/ there.
+            best_dir=best_dir if self.best is not None and best_dir.is_dir() else None,
             best=self.best,
             last_validation=self.last_validation,
             resumed_from=resume_from,
             signal=self._signals.requested,
         )
 
-    def _export_is_current(self, directory: Path) -> bool:
+    def _final_is_current(self, directory: Path, resume_from: Path | None) -> bool:
+        """True when this invocation only resumed a finished run whose final export is of the same step.
+
+        A fresh run, or one that trained any step, always exports: an earlier run in the same directory
+        may have left a final/ of the same step count.
+        """
+        if resume_from is None or self.step != self.start_step:
+            return False
         try:
             info = json.loads((directory / EXPORT_STATE_FILE).read_text())
         except (OSError, ValueError):

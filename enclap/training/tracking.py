@@ -4,7 +4,7 @@ Only the main process writes. Each line of ``train_log.jsonl`` has a ``type`` (`
 ``"validation"``), the optimizer ``step`` it belongs to and the figures. A resumed run first drops
 the lines of steps after its checkpoint (they were computed by the interrupted run and are computed
 again), and TensorBoard is told to purge its events from the same step on, so both logs read as
-one uninterrupted run.
+one uninterrupted run. A fresh run (no checkpoint) starts both logs empty: TensorBoard purges from step 0.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class TrainingLog:
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events at or after it that an interrupted run wrote past its checkpoint.
-            purge = None if resume_step is None else resume_step + 1
+            # purge_step hides earlier events from that step on: those an interrupted run wrote past its
+            # checkpoint, or (a fresh run, step 0) every curve of an earlier run in this directory.
+            purge = 0 if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(log_dir=str(Path(output_dir) / TENSORBOARD_DIR), purge_step=purge)
 
     def _truncate(self, step: int) -> None:

@@ -416,3 +416,45 @@ def test_bf16_mixed_precision_trains_and_a_later_full_precision_run_still_starts
     assert np.isfinite(first) and np.isfinite(last)
     again, _ = train(tmp_path / "fp32", loop_config(num_train_epochs=1))
     assert again.status == "completed"
+
+
+# --------------------------------------------------------------------------------------------- a fresh run in a used directory
+
+
+def test_a_fresh_run_exports_its_own_final_model_and_claims_no_earlier_best(tmp_path):
+    output = tmp_path / "run"
+    first, first_weights = train(output, loop_config(num_train_epochs=1))
+    assert first.best_dir == output / "best" and first.final_dir == output / "final"
+    # The checkpoints are deleted (to start over, or the run was killed before its first one) and a different
+    # run of the same length starts fresh in the same directory, without a validation set.
+    import shutil
+
+    shutil.rmtree(output / "checkpoints")
+    task = ToyTask(seed=123)
+    task.val_dataset = None
+    second, second_weights = train(output, loop_config(num_train_epochs=1), task=task, seed=6)
+    assert second.resumed_from is None and second.global_step == first.global_step
+    assert [name.removeprefix(".tmp-") for name in task.exports] == ["final"]  # although an earlier final/ of 6 steps was there
+    from safetensors.torch import load_file
+
+    assert_same_weights(load_file(output / "final" / "weights.safetensors"), second_weights)
+    assert not all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+    assert second.best is None and second.best_dir is None  # best/ is the earlier run's, not this one's
+
+
+def test_a_fresh_run_hides_the_tensorboard_curves_of_an_earlier_run(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    train(output, loop_config(num_train_epochs=1, report_to="tensorboard"))
+    import shutil
+
+    shutil.rmtree(output / "checkpoints")  # start over in the same directory
+    train(output, loop_config(num_train_epochs=1, report_to="tensorboard"), task=ToyTask(seed=123), seed=6)
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    logged = {step: values[0] for step, values in losses(output).items()}
+    shown = [(event.step, event.value) for event in events.Scalars("train/loss")]
+    assert [step for step, _ in shown] == sorted(logged)  # one curve: no step twice
+    for step, value in shown:
+        assert value == pytest.approx(logged[step], rel=1e-6)
