@@ -133,6 +133,8 @@ class TrainCaptionerConfig:
         problems = []
         if not self.output_dir:
             problems.append("output_dir is required")
+        if not 0 <= self.seed < 2**32:  # numpy's and torch's seeding refuse anything else
+            problems.append(f"seed must be in [0, 2**32 - 1], got {self.seed}")
         data, model, tok = self.data, self.model, self.tokenizer
         if not data.train_file:
             problems.append("data.train_file is required (a training manifest)")
@@ -168,8 +170,20 @@ class TrainCaptionerConfig:
                 problems.append(f"model.init=random needs an explicit shape: set model.{', model.'.join(missing)}")
             if not (tok.name_or_path or tok.train_from_captions):
                 problems.append("model.init=random needs tokenizer.name_or_path or tokenizer.train_from_captions=true")
+            too_small = [k for k in _RANDOM_SHAPE_KEYS if getattr(model, k) is not None and getattr(model, k) < 1]
+            problems += [f"model.{k} must be >= 1, got {getattr(model, k)}" for k in too_small]
             if model.d_model and model.attention_heads and model.d_model % model.attention_heads:
                 problems.append(f"model.d_model ({model.d_model}) must be a multiple of model.attention_heads ({model.attention_heads})")
+            if model.max_position_embeddings is not None and model.max_position_embeddings < 4:
+                problems.append(
+                    f"model.max_position_embeddings must be >= 4 (CLAP slot, <s>, one codec frame, </s>), got {model.max_position_embeddings}"
+                )
+            if model.init_std is not None and model.init_std < 0:
+                problems.append(f"model.init_std must be >= 0, got {model.init_std}")
+        for key in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(model, key)
+            if value is not None and not 0 <= value < 1:
+                problems.append(f"model.{key} must be in [0, 1), got {value}")
         if model.mcm_loss_scale is not None and model.mcm_loss_scale < 0:
             problems.append(f"model.mcm_loss_scale must be >= 0, got {model.mcm_loss_scale}")
         if model.label_smoothing is not None and not 0 <= model.label_smoothing < 1:
@@ -248,33 +262,70 @@ def pipeline_settings_for(config: TrainCaptionerConfig, store: "FeatureReader"):
     )
 
 
+def resumes_in_output_dir(config: TrainCaptionerConfig) -> bool:
+    """Whether the loop will continue a checkpoint of ``config.output_dir`` (as its ``train.resume`` rule picks one)."""
+    from ..training.checkpoints import CHECKPOINTS_DIR, list_checkpoints
+
+    output_dir = Path(config.output_dir).expanduser()
+    resume = config.train.resume
+    if resume == "never":
+        return False
+    if resume == "auto":
+        return bool(list_checkpoints(output_dir))
+    return Path(resume).expanduser().resolve().parent == (output_dir / CHECKPOINTS_DIR).resolve()
+
+
 def build_tokenizer(config: TrainCaptionerConfig, train_captions: Sequence[str], *, is_main: bool) -> "PreTrainedTokenizerBase":
-    """The caption tokenizer; one trained from the captions is saved in ``output_dir/tokenizer`` and reused on resume."""
+    """The caption tokenizer; one trained from the captions is saved in ``output_dir/tokenizer`` and reused on resume.
+
+    Only a run that resumes a checkpoint of ``output_dir`` reuses the saved tokenizer; a fresh run trains
+    its own (a tokenizer left by an earlier run may come from other captions or another vocab_size) and
+    replaces the saved one, unless checkpoints it belongs to are still there (a run refused for them
+    must change nothing).
+    """
     from ..text import DEFAULT_TOKENIZER, has_tokenizer_files, load_tokenizer, train_caption_tokenizer
+    from ..training.checkpoints import commit_directory, list_checkpoints
 
     tok, model = config.tokenizer, config.model
     if tok.train_from_captions:
-        saved = Path(config.output_dir) / TOKENIZER_DIR
-        if has_tokenizer_files(saved):
+        output_dir = Path(config.output_dir).expanduser()
+        saved = output_dir / TOKENIZER_DIR
+        if has_tokenizer_files(saved) and resumes_in_output_dir(config):
             logger.info("using the tokenizer trained for this run: %s", saved)
             return load_tokenizer(saved)
         tokenizer = train_caption_tokenizer(train_captions, vocab_size=tok.vocab_size)
         logger.info("trained a %d-token caption tokenizer on %d captions", len(tokenizer), len(train_captions))
-        if is_main:
+        if is_main and (not has_tokenizer_files(saved) or not list_checkpoints(output_dir)):
             import shutil
 
             tmp = saved.with_name(f".tmp-{TOKENIZER_DIR}")
             shutil.rmtree(tmp, ignore_errors=True)
             tokenizer.save_pretrained(tmp)
-            if saved.exists():  # a directory without tokenizer files (left by hand): replaced
-                shutil.rmtree(saved)
-            os.replace(tmp, saved)  # whole or absent: a resumed run must find exactly this tokenizer
+            commit_directory(tmp, saved)  # whole or absent: a resumed run must find exactly this tokenizer
         return tokenizer
     if tok.name_or_path:
         return load_tokenizer(tok.name_or_path)
     if model.init_from:
         return load_tokenizer(model.init_from if has_tokenizer_files(model.init_from) else DEFAULT_TOKENIZER)
     return load_tokenizer(model.model_name_or_path)
+
+
+def check_caption_lengths(config: TrainCaptionerConfig, max_positions: int) -> None:
+    """Refuse caption lengths the decoder's position table cannot hold (they fail mid-run otherwise).
+
+    Training feeds ``max_target_length`` tokens to the decoder; generation of ``val_max_target_length``
+    tokens feeds one fewer (the last token is never read back).
+    """
+    problems = []
+    if config.data.max_target_length > max_positions:
+        problems.append(f"data.max_target_length={config.data.max_target_length} exceeds the model's max_position_embeddings={max_positions}")
+    if config.validation.val_max_target_length > max_positions + 1:
+        problems.append(
+            f"validation.val_max_target_length={config.validation.val_max_target_length} exceeds the model's "
+            f"max_position_embeddings + 1 = {max_positions + 1}"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems) + ": the decoder has no position for longer captions")
 
 
 def _dropout_overrides(model: ModelConfig) -> dict[str, float]:
@@ -413,6 +464,8 @@ def run_fingerprint(config: TrainCaptionerConfig, model, tokenizer, train_pairs,
         "data": {"train_pairs": len(train_pairs), "train_digest": _digest([list(p) for p in train_pairs])},
         "features": _digest([_store_extractor(store)]),
         "tokenizer": _digest(sorted(tokenizer.get_vocab().items())),
+        # A resumed run reuses the saved tokenizer: a changed setting for training one must not pass unnoticed.
+        **({"tokenizer_training": {"vocab_size": config.tokenizer.vocab_size}} if config.tokenizer.train_from_captions else {}),
     }
 
 
@@ -453,7 +506,10 @@ def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator |
     from ..training.captioner import CaptionerTask
     from ..training.loop import make_accelerator, run_training
 
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as err:  # a config built in code rather than by load_train_config
+        raise ConfigError(str(err)) from err
     accelerator = accelerator if accelerator is not None else make_accelerator(config.train)
     is_main = accelerator.is_main_process
     output_dir = Path(config.output_dir).expanduser()
@@ -491,6 +547,7 @@ def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator |
     accelerator.wait_for_everyone()
     model = build_model(config, tokenizer, num_codebooks=num_codebooks, d_clap=d_clap, codebook_size=codebook_size)
     mc = model.config
+    check_caption_lengths(config, mc.max_position_embeddings)
     settings = dict(
         max_frames=max_frames_for(mc),
         codebook_size=mc.encodec_vocab_size,
@@ -638,11 +695,13 @@ __all__ = [
     "build_model",
     "build_parser",
     "build_tokenizer",
+    "check_caption_lengths",
     "config_from_args",
     "load_bart_as_captioner",
     "load_train_config",
     "main",
     "open_stores",
     "pipeline_settings_for",
+    "resumes_in_output_dir",
     "train_captioner",
 ]

@@ -293,6 +293,59 @@ def test_a_checkpoint_of_another_model_shape_is_refused(files, reference, tmp_pa
     assert main(tiny_overrides(files, output, **{"model.dropout": 0.1, "model.attention_dropout": 0.1, "train.num_train_epochs": 3})) == 2
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("seed", -1, "seed must be in [0, 2**32 - 1]"),
+        ("model.d_model", 0, "model.d_model must be >= 1"),
+        ("model.encoder_layers", -1, "model.encoder_layers must be >= 1"),
+        ("model.max_position_embeddings", 3, "model.max_position_embeddings must be >= 4"),
+        ("model.dropout", 1.5, "model.dropout must be in [0, 1)"),
+        ("model.init_std", -1, "model.init_std must be >= 0"),
+    ],
+)
+def test_out_of_range_model_settings_exit_2_naming_the_key(files, tmp_path, capsys, key, value, message):
+    assert main(tiny_overrides(files, tmp_path / "run", **{key: value})) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_captions_longer_than_the_decoder_positions_are_refused_before_training(files, tmp_path, capsys):
+    # max_position_embeddings=48: a 49-token caption would index past the decoder's position table mid-run.
+    assert main(tiny_overrides(files, tmp_path / "run", **{"data.max_target_length": 49})) == 2
+    assert "data.max_target_length=49 exceeds the model's max_position_embeddings=48" in capsys.readouterr().err
+    assert main(tiny_overrides(files, tmp_path / "run", **{"validation.val_max_target_length": 50})) == 2
+    assert "validation.val_max_target_length=50" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_config_built_in_code_is_checked_with_a_config_error(tmp_path):
+    from enclap.jobs.train_captioner import TrainCaptionerConfig
+
+    with pytest.raises(ConfigError, match=r"output_dir is required.*data.train_file is required"):
+        train_captioner(TrainCaptionerConfig())
+
+
+def test_a_fresh_run_trains_its_own_tokenizer_and_a_resume_refuses_another_vocab_size(files, tmp_path):
+    from enclap.text import load_tokenizer, train_caption_tokenizer
+
+    output = tmp_path / "run"
+    run(files, output, **{"train.max_train_steps": 1})
+    # The run is started over in the same directory (its checkpoints deleted, or it was killed before its
+    # first one) on other captions: the tokenizer must be trained on these, not reused from the first run.
+    shutil.rmtree(output / "checkpoints")
+    rows = [(f"train/clip_{i:03d}.npy", f"a xylophone plays quietly {i % 3} times") for i in range(16)]
+    other = write_train_csv(tmp_path / "other.csv", rows)
+    result = run(files, output, **{"train.max_train_steps": 1, "data.train_file": other})
+    expected = train_caption_tokenizer([caption for _, caption in rows], vocab_size=300).get_vocab()
+    assert load_tokenizer(output / "tokenizer").get_vocab() == expected
+    assert load_tokenizer(result.final_dir).get_vocab() == expected
+    # Resuming keeps the saved tokenizer; asking for another vocabulary size then is refused, not ignored.
+    with pytest.raises(CheckpointError, match=r"vocab_size: checkpoint 300, now 400"):
+        run(files, output, **{"train.max_train_steps": 2, "data.train_file": other, "tokenizer.vocab_size": 400})
+    assert load_tokenizer(output / "tokenizer").get_vocab() == expected  # a refused resume changes nothing
+
+
 # --------------------------------------------------------------------------------------------- configs, entry points
 
 

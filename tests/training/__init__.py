@@ -122,6 +122,7 @@ def tiny_overrides(files: dict[str, Path], output: Path, **extra) -> list[str]:
         "model.activation_dropout": 0.0,
         "tokenizer.train_from_captions": "true",
         "tokenizer.vocab_size": 300,
+        "validation.val_max_target_length": 16,  # the decoder has 48 positions
         "train.num_train_epochs": 2,
         "train.per_device_train_batch_size": 4,
         "train.per_device_eval_batch_size": 4,
