@@ -389,7 +389,8 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(files, tmp_path):
-    common = {"train.num_train_epochs": 1, "train.checkpointing_steps": 3}
+    # A warm-up then linear decay: a schedule stepped once per process (Accelerate's default) would differ.
+    common = {"train.num_train_epochs": 1, "train.checkpointing_steps": 3, "train.lr_scheduler_type": "linear", "train.num_warmup_steps": 3}
     single = run(files, tmp_path / "one", **{**common, "train.per_device_train_batch_size": 4})
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     result = subprocess.run(
@@ -405,6 +406,8 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(files,
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
     ones, twos = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert ones.keys() == twos.keys() == set(range(1, 9))
+    rates = {e["step"]: e["lr"] for e in read_train_log(tmp_path / "two") if e["type"] == "train"}
+    assert [rates[s] for s in (1, 3, 8)] == pytest.approx([1e-3, 3e-3, 0.0])  # after step s: warm-up 3, then to 0 at 8
     for step in ones:
         np.testing.assert_allclose(twos[step], ones[step], rtol=1e-5)
     val_one = [e["val_loss"] for e in read_train_log(tmp_path / "one") if e["type"] == "validation"]
