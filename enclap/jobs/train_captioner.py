@@ -306,6 +306,15 @@ def build_tokenizer(config: TrainCaptionerConfig, train_captions: Sequence[str],
     if tok.name_or_path:
         return load_tokenizer(tok.name_or_path)
     if model.init_from:
+        from ..errors import PretrainedNotFoundError
+        from ..loading import looks_like_hub_id
+
+        if not Path(model.init_from).expanduser().exists() and not looks_like_hub_id(model.init_from):
+            # Checked here, before the fallback tokenizer would be looked for: the missing checkpoint is the problem.
+            raise PretrainedNotFoundError(
+                f"model.init_from: '{model.init_from}' does not exist on this machine and is not a model hub id; "
+                "name an EnCLAP checkpoint directory to fine-tune (e.g. the best/ or final/ of an earlier run)"
+            )
         return load_tokenizer(model.init_from if has_tokenizer_files(model.init_from) else DEFAULT_TOKENIZER)
     return load_tokenizer(model.model_name_or_path)
 

@@ -239,6 +239,18 @@ def test_fine_tuning_an_enclap_checkpoint_starts_from_its_weights(files, referen
         build_model(config, tokenizer, num_codebooks=8, d_clap=16, codebook_size=1024)
 
 
+def test_a_missing_checkpoint_to_fine_tune_is_named_not_the_fallback_tokenizer(files, tmp_path, capsys):
+    overrides = {
+        "model.init": "pretrained", "model.init_from": tmp_path / "no" / "such" / "ckpt", "tokenizer.train_from_captions": "false",
+        **{f"model.{k}": "null" for k in ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim",
+                                            "max_position_embeddings", "dropout", "attention_dropout", "activation_dropout")},
+    }
+    assert main(tiny_overrides(files, tmp_path / "run", **overrides)) == 2
+    err = capsys.readouterr().err
+    assert f"model.init_from: '{tmp_path / 'no' / 'such' / 'ckpt'}' does not exist on this machine" in err
+    assert "bart-base" not in err
+
+
 def test_random_init_takes_the_codec_geometry_from_the_store(tmp_path):
     files = make_feature_set(tmp_path / "data", num_train=4, num_val=1, num_codebooks=8, d_clap=24)
     result = run(files, tmp_path / "run", **{"train.max_train_steps": 1})
