@@ -158,7 +158,9 @@ class CaptionPairDataset:
     ``labels`` their token ids (:func:`encode_captions`). ``train=True``: random crop and a new mask every
     epoch; ``train=False``: the first ``max_frames`` frames and an epoch-independent mask. ``mask_prob``
     0 disables masking (every MCM label is -100). Codes must be ``< codebook_size``; the MCM mask id is
-    ``codec_pad_id``. Use :meth:`from_manifest` to build one from files with every check done up front.
+    ``codec_pad_id``. ``num_codebooks`` / ``d_clap``, when given, are checked on every clip read (with
+    finiteness of the CLAP embedding). Use :meth:`from_manifest` to build one from files with every check
+    that can be done up front.
     """
 
     def __init__(
@@ -175,6 +177,8 @@ class CaptionPairDataset:
         seed: int = 0,
         train: bool = True,
         source: str = "",
+        num_codebooks: int | None = None,
+        d_clap: int | None = None,
     ) -> None:
         from .manifest import clip_key
 
@@ -199,6 +203,8 @@ class CaptionPairDataset:
         self.seed = int(seed)
         self.train = bool(train)
         self.source = source
+        self.num_codebooks = None if num_codebooks is None else int(num_codebooks)
+        self.d_clap = None if d_clap is None else int(d_clap)
 
     @classmethod
     def from_manifest(
@@ -238,7 +244,7 @@ class CaptionPairDataset:
                 )
         check_no_empty_clips(keys, store, manifest)
         labels = encode_captions(tokenizer, [caption for _, caption in pairs], max_target_length, source=str(manifest))
-        return cls(pairs, labels, store, source=str(manifest), **settings)
+        return cls(pairs, labels, store, source=str(manifest), num_codebooks=num_codebooks, d_clap=d_clap, **settings)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -269,6 +275,14 @@ class CaptionPairDataset:
             raise InvalidFeaturesError(
                 f"{where}: codes must be in [0, {self.codebook_size}), found values in [{codes.min()}, {codes.max()}]"
             )
+        # Checked per clip because EnCLAP's .npy layout has no index saying every clip has the same shape;
+        # the collator would otherwise fail on the batch without naming the clip.
+        if self.num_codebooks is not None and codes.shape[1] != self.num_codebooks:
+            raise InvalidFeaturesError(f"{where}: {codes.shape[1]} codebooks per frame, expected {self.num_codebooks}")
+        if self.d_clap is not None and clap.shape[0] != self.d_clap:
+            raise InvalidFeaturesError(f"{where}: a CLAP embedding of size {clap.shape[0]}, expected {self.d_clap}")
+        if not np.isfinite(clap).all():
+            raise InvalidFeaturesError(f"{where}: the CLAP embedding contains NaN or infinite values; re-extract this clip")
         return codes.astype(np.int64), clap
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:

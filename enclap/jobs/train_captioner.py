@@ -564,6 +564,8 @@ def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator |
         mask_prob=data.encodec_masking_prob,
         mask_span=data.encodec_masking_span,
         seed=config.seed,
+        num_codebooks=num_codebooks,
+        d_clap=d_clap,
     )
     train_dataset = CaptionPairDataset(
         train_pairs, encode_captions(tokenizer, [c for _, c in train_pairs], data.max_target_length, source=data.train_file),

@@ -258,6 +258,39 @@ def test_clips_without_frames_and_bad_codes_are_named(corpus, tokenizer, tmp_pat
         dataset[0]
 
 
+def test_clips_that_disagree_with_the_others_or_are_not_finite_are_named(tokenizer, tmp_path):
+    # EnCLAP's layout is read clip by clip: a bad one must name itself, not fail in the collator as "clip 3".
+    rng = np.random.default_rng(2)
+    codes, clap = random_clip(rng, 6, NUM_CODEBOOKS, D_CLAP)
+    nan_clap = clap.copy()
+    nan_clap[2] = np.nan
+    clips = {
+        "a/ok": (codes, clap),
+        "a/wide": (random_clip(rng, 6, NUM_CODEBOOKS + 4, D_CLAP)[0], clap),
+        "a/short": (codes, clap[:-1]),
+        "a/nan": (codes, nan_clap),
+    }
+    for key, (array, embedding) in clips.items():
+        for kind, value in (("encodec", array), ("clap", embedding)):
+            (tmp_path / kind / "a").mkdir(parents=True, exist_ok=True)
+            np.save(tmp_path / kind / f"{key}.npy", value)
+    manifest = write_train_csv(tmp_path / "m.csv", [(f"{key}.npy", "a dog") for key in clips])
+    dataset = CaptionPairDataset.from_manifest(
+        manifest, NpyFeatureStore(tmp_path / "encodec", tmp_path / "clap"), tokenizer,
+        max_target_length=MAX_TOKENS, max_frames=10, num_codebooks=NUM_CODEBOOKS, d_clap=D_CLAP,
+    )
+    dataset[0]
+    expected = {
+        1: rf"clip 'a/wide' .*: {NUM_CODEBOOKS + 4} codebooks per frame, expected {NUM_CODEBOOKS}",
+        2: rf"clip 'a/short' .*: a CLAP embedding of size {D_CLAP - 1}, expected {D_CLAP}",
+        3: r"clip 'a/nan' .*: the CLAP embedding contains NaN or infinite values",
+    }
+    for index, message in expected.items():
+        with pytest.raises(InvalidFeaturesError, match=message) as info:
+            dataset[(0, index)]
+        assert str(manifest) in str(info.value)
+
+
 def test_evaluation_manifests_give_one_example_per_reference(corpus, tokenizer, tmp_path):
     manifest = write_eval_csv(tmp_path / "valid.csv", [("train/c0.npy", ["a dog", "a bell", "rain falls"]), ("train/c3.npy", ["a car", "a bird", "soft rain"])])
     dataset = CaptionPairDataset.from_manifest(
