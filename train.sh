@@ -15,8 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CFG_PATH="${1:-cfg/clotho/base.yaml}"
-shift || true
+# The config file is optional: a first argument that is not a .yaml file is already an override.
+CFG_PATH="cfg/clotho/base.yaml"
+if [[ $# -gt 0 && ( "$1" == *.yaml || "$1" == *.yml ) ]]; then
+  CFG_PATH="$1"
+  shift
+fi
 PORT="${PORT:-29500}"
 if [[ -z "${NUM_PROCESSES:-}" ]]; then
   if [[ "${CPU:-0}" == "1" ]]; then

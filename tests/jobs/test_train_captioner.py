@@ -390,6 +390,17 @@ def test_help_and_print_config(capsys):
     assert result.returncode == 0 and "accelerate launch" in result.stdout
 
 
+@pytest.mark.slow
+def test_train_sh_takes_overrides_with_or_without_a_config_file():
+    env = dict(os.environ, CPU="1", NUM_PROCESSES="1", PORT=str(free_port()), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for args, config in (([], "cfg/clotho/base.yaml"), (["cfg/audiocaps/base.yaml"], "cfg/audiocaps/base.yaml")):
+        result = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), *args, "train.learning_rate=1e-4", "--print-config"],
+                                capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        expected = load_train_config(REPO_ROOT / config, ["train.learning_rate=1e-4"])
+        assert f"output_dir: {expected.output_dir}" in result.stdout and "learning_rate: 0.0001" in result.stdout
+
+
 # --------------------------------------------------------------------------------------------- processes
 
 
