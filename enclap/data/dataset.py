@@ -10,8 +10,12 @@ What an example becomes (:meth:`CaptionPairDataset.__getitem__`):
 * **crop**: a clip longer than the encoder's window (``max_frames`` = ``max_position_embeddings - 3``) is
   cut to a random window in training (as the reference's preprocessing does) and to its first
   ``max_frames`` frames in validation (:func:`enclap.model.crop_codes`);
-* **masked codec modeling**: spans of codes are masked with :func:`enclap.model.mask_codec_tokens`
-  (labels hold the original codes, -100 elsewhere);
+* **masked codec modeling** (training examples only): spans of codes are masked with
+  :func:`enclap.model.mask_codec_tokens` (labels hold the original codes, -100 elsewhere);
+* **validation examples are clean**: their codes are the stored codes unchanged (no MCM mask, every
+  MCM label -100), whatever ``mask_prob`` is. At inference the captioner sees clean codes, so the
+  validation loss, which picks ``best/``, must be measured on them; MCM is a training objective only.
+  (The reference's evaluation preprocessing never masks either.)
 * **caption**: BART token ids ``<s> ... </s>``, tokenised once when the data set is built; captions
   longer than ``max_target_length`` tokens are cut (keeping ``</s>``) and counted in the log, never
   silently.
@@ -20,11 +24,12 @@ What an example becomes (:meth:`CaptionPairDataset.__getitem__`):
 mask from its own generator, :func:`example_rng`. The batch size, the number of DataLoader workers
 and of processes, and where a run was interrupted and resumed therefore change nothing in any
 example. (The reference masks once in a cached preprocessing pass, so every epoch sees the same
-mask; here each epoch draws a new one.) Validation examples draw from a stream that does not depend
-on the epoch, so the validation loss of every epoch is computed on identical inputs.
+mask; here each epoch draws a new one.) Validation examples draw nothing: they are a function of
+the stored clip alone, so the validation loss of every epoch is computed on identical inputs.
 
 A training item is addressed as ``(epoch, index)`` (the samplers of :mod:`enclap.training` yield
-such pairs); a plain ``index`` means epoch 0.
+such pairs); a plain ``index`` means epoch 0. A validation item may be addressed either way; the
+epoch changes nothing in it.
 
 :class:`CaptionCollator` batches examples; it builds the encoder inputs only through
 :func:`enclap.model.build_encoder_inputs` (the one place that defines that layout) and pads caption
@@ -51,9 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-# Stream tags keep the generators of different purposes independent for the same seed.
+# The stream tag keeps the training examples' generators apart from any other use of the same seed.
 TRAIN_STREAM = 0x7E1A
-VALIDATION_STREAM = 0x5A11
 # How many missing keys an error message lists before it only counts them.
 MAX_LISTED_KEYS = 20
 
@@ -61,11 +65,6 @@ MAX_LISTED_KEYS = 20
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of training example ``index`` in ``epoch``: its crop and MCM mask come from it alone."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), TRAIN_STREAM, int(epoch), int(index)]))
-
-
-def validation_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of validation example ``index`` (the same in every epoch)."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), VALIDATION_STREAM, int(index)]))
 
 
 def describe_store(store: "FeatureReader") -> str:
@@ -152,13 +151,13 @@ def encode_captions(
 
 
 class CaptionPairDataset:
-    """Examples ``(clip, caption)`` over a feature store, with per-example crop and MCM masking.
+    """Examples ``(clip, caption)`` over a feature store, with per-example crop and (in training) MCM masking.
 
     ``pairs`` are ``(file_path, caption)`` as :func:`enclap.data.manifest.read_caption_pairs` gives them;
     ``labels`` their token ids (:func:`encode_captions`). ``train=True``: random crop and a new mask every
-    epoch; ``train=False``: the first ``max_frames`` frames and an epoch-independent mask. ``mask_prob``
-    0 disables masking (every MCM label is -100). Codes must be ``< codebook_size``; the MCM mask id is
-    ``codec_pad_id``. ``num_codebooks`` / ``d_clap``, when given, are checked on every clip read (with
+    epoch (``mask_prob`` 0 disables masking: every MCM label is -100). ``train=False`` (validation):
+    the first ``max_frames`` frames, clean, every MCM label -100; ``mask_prob`` / ``mask_span`` / ``seed``
+    do not apply. Codes must be ``< codebook_size``; the MCM mask id is ``codec_pad_id``. ``num_codebooks`` / ``d_clap``, when given, are checked on every clip read (with
     finiteness of the CLAP embedding). Use :meth:`from_manifest` to build one from files with every check
     that can be done up front.
     """
@@ -259,8 +258,13 @@ class CaptionPairDataset:
         return epoch, index
 
     def rng_for(self, epoch: int, index: int) -> np.random.Generator:
-        """The generator example ``index`` draws from in ``epoch`` (see the module docstring)."""
-        return example_rng(self.seed, epoch, index) if self.train else validation_rng(self.seed, index)
+        """The generator training example ``index`` draws its crop and mask from in ``epoch``.
+
+        Raises ``ValueError`` on a validation data set, whose examples draw nothing.
+        """
+        if not self.train:
+            raise ValueError("validation examples are clean and drawn from no generator (first max_frames frames, no MCM mask)")
+        return example_rng(self.seed, epoch, index)
 
     def read_clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored ``(codes int64 (frames, codebooks), clap float32 (d,))`` of example ``index``, checked."""
@@ -291,13 +295,18 @@ class CaptionPairDataset:
 
         epoch, index = self._address(item)
         codes, clap = self.read_clip(index)
-        generator = self.rng_for(epoch, index)
-        cropped, start = crop_codes(codes, self.max_frames, crop="random" if self.train else "start", generator=generator)
-        if self.mask_prob > 0:
+        if self.train:
+            generator = self.rng_for(epoch, index)
+            cropped, start = crop_codes(codes, self.max_frames, crop="random", generator=generator)
+        else:
+            cropped, start = crop_codes(codes, self.max_frames, crop="start")
+        if self.train and self.mask_prob > 0:
             masked, mcm_labels = mask_codec_tokens(
                 cropped, self.mask_prob, self.mask_span, generator, pad_id=self.codec_pad_id
             )
         else:
+            # Clean codes: validation always (the captioner is judged on what it sees at inference),
+            # training when MCM is off.
             masked, mcm_labels = cropped.copy(), np.full(cropped.shape, IGNORE_INDEX, dtype=np.int64)
         return {
             "codes": masked,
@@ -358,5 +367,4 @@ __all__ = [
     "encode_captions",
     "example_rng",
     "store_geometry",
-    "validation_rng",
 ]

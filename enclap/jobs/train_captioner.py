@@ -15,10 +15,12 @@ Nothing is ever initialised at random by default: a pretrained part that cannot 
 
 Outputs in ``output_dir``: ``training_config.yaml`` (the resolved settings), ``checkpoints/step_<n>/``
 (resumable state: rerunning the same command continues where a run stopped), ``train_log.jsonl`` and
-``tensorboard/``, ``best/`` (the model at the best validation figure) and ``final/`` (the model at the
-end). ``best/`` and ``final/`` load with ``CaptioningPipeline.from_pretrained`` and ``evaluate.py
---ckpt``: config.json + model.safetensors + tokenizer + pipeline.json (which EnCodec / CLAP made the
-features, read from the feature store).
+``tensorboard/``, ``best/`` (the model at the best validation figure: by default ``val_loss``, the
+caption cross-entropy on clean, unmasked validation codes, as the captioner sees them at inference;
+see :mod:`enclap.training.captioner`) and ``final/`` (the model at the end). ``best/`` and ``final/``
+load with ``CaptioningPipeline.from_pretrained`` and ``evaluate.py --ckpt``: config.json +
+model.safetensors + tokenizer + pipeline.json (which EnCodec / CLAP made the features, read from the
+feature store).
 
 Exit codes of :func:`main`: 0 finished, 1 the loss diverged (NaN/inf; the last checkpoint is intact),
 2 configuration, data or checkpoint error (before any training step), 130 / 143 stopped by SIGINT /
@@ -70,8 +72,9 @@ class DataConfig:
     encodec_model: str = ""  # EnCodec that made the features, for pipeline.json ("" = from the store, else the paper's)
     clap_model: str = ""  # CLAP that made the features, for pipeline.json ("" = from the store, else the paper's)
     max_target_length: int = 128  # caption tokens (with <s> and </s>); longer captions are cut and counted
-    encodec_masking_prob: float = 0.15  # masked codec modeling: span-start probability (0 = no MCM)
-    encodec_masking_span: int = 10  # masked codec modeling: span length in frames
+    # Masked codec modeling, in training only (validation codes are never masked):
+    encodec_masking_prob: float = 0.15  # span-start probability (0 = no MCM)
+    encodec_masking_span: int = 10  # span length in frames
 
 
 @dataclass
@@ -107,7 +110,7 @@ class TokenizerConfig:
 
 @dataclass
 class ValidationConfig:
-    """Caption-metric validation, on top of the validation loss the loop always computes."""
+    """Caption-metric validation, on top of the validation loss the loop always computes (on clean codes)."""
 
     metrics: list[str] = field(default_factory=list)  # e.g. [spider] or [cider_d] ([] = validation loss only)
     max_clips: int = 200  # caption this many validation clips (0 = all)
@@ -206,6 +209,11 @@ class TrainCaptionerConfig:
         best = self.train.best_metric
         if not best.startswith("val_") and best not in val.metrics:
             problems.append(f"train.best_metric={best!r} is neither a validation loss (val_loss...) nor in validation.metrics")
+        if best == "val_mcm_loss":
+            problems.append(
+                "train.best_metric=val_mcm_loss: validation codes are not masked (the captioner is judged on clean codes), "
+                "so no MCM loss is measured on them; use val_loss (the caption loss) or a caption metric"
+            )
         try:
             self.train.validate()
         except ValueError as err:

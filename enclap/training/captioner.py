@@ -9,6 +9,18 @@ its masked positions. Dividing each sum by its count over a batch gives exactly 
 ``loss`` / ``lm_loss`` / ``mcm_loss`` for that batch (a test holds the two together); the loop divides
 by the counts of the whole optimizer step instead, so the step's loss does not depend on how the step
 is split into micro-batches or processes.
+
+**Validation measures captioning on clean codes.** Validation examples are never masked
+(:class:`~enclap.data.dataset.CaptionPairDataset` with ``train=False``: the first ``max_frames``
+frames, every MCM label -100), because at inference the captioner sees clean codes and ``best/`` must
+be picked by the loss that matters there. The loop runs the same module on them: the codebook terms
+have count 0, and the loop's ``sum / max(count, 1)`` makes each such term exactly 0, so it adds
+nothing. Hence ``val_loss`` = ``val_lm_loss`` = the token-mean caption cross-entropy over the whole
+validation set on clean inputs, *with* ``config.label_smoothing`` applied exactly as in the training
+caption term and in the model's own ``lm_loss`` (so it is not a pure negative log-likelihood when
+smoothing is on). MCM is a training objective only: the loop's ``val_mcm_loss`` group is 0 by
+construction (no masked positions were scored), not a measurement, and the training job refuses it as
+``best_metric``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from enclap.data.manifest import read_caption_pairs
-from enclap.data.dataset import CaptionCollator, CaptionPairDataset, example_rng, validation_rng
+from enclap.data.dataset import CaptionCollator, CaptionPairDataset, example_rng
 from enclap.errors import InvalidFeaturesError, ManifestError
 from enclap.features.store import NpyFeatureStore, open_feature_store
 from enclap.model.masking import mask_codec_tokens
@@ -53,18 +53,24 @@ def make_dataset(corpus, tokenizer, *, train=True, store=None, **overrides):
     return CaptionPairDataset.from_manifest(corpus["manifest"], store or open_feature_store(corpus["store"]), tokenizer, **settings)
 
 
-def expected_batch(corpus, tokenizer, items, *, epoch):
-    """The collated batch computed here from the stored clips, independently of the data set and collator."""
+def expected_batch(corpus, tokenizer, items, *, epoch, clean=False):
+    """The collated batch computed here from the stored clips, independently of the data set and collator.
+
+    ``clean``: a validation batch (the first MAX_FRAMES frames, unmasked, no MCM label).
+    """
     examples = []
     for index in items:
         file_path, caption = corpus["pairs"][index]
         codes, clap = corpus["clips"][file_path[: -len(".npy")]]
         codes = codes.astype(np.int64)
-        rng = example_rng(SEED, epoch, index)
-        if len(codes) > MAX_FRAMES:
-            start = int(rng.integers(0, len(codes) - MAX_FRAMES + 1))
-            codes = codes[start : start + MAX_FRAMES]
-        masked, labels = mask_codec_tokens(codes, 0.3, 2, rng, pad_id=1024)
+        if clean:
+            masked, labels = codes[:MAX_FRAMES], np.full(codes[:MAX_FRAMES].shape, -100)
+        else:
+            rng = example_rng(SEED, epoch, index)
+            if len(codes) > MAX_FRAMES:
+                start = int(rng.integers(0, len(codes) - MAX_FRAMES + 1))
+                codes = codes[start : start + MAX_FRAMES]
+            masked, labels = mask_codec_tokens(codes, 0.3, 2, rng, pad_id=1024)
         ids = tokenizer(caption)["input_ids"]
         if len(ids) > MAX_TOKENS:
             ids = ids[: MAX_TOKENS - 1] + [tokenizer.eos_token_id]
@@ -155,17 +161,31 @@ def test_randomness_is_a_function_of_seed_epoch_and_index(corpus, tokenizer):
     assert draw(dataset, 0, 2) != draw(dataset, 0, LONG)
 
 
-def test_validation_examples_keep_the_start_and_one_mask_for_every_epoch(corpus, tokenizer):
+def test_validation_examples_are_the_clean_start_of_the_clip_in_every_epoch(corpus, tokenizer):
+    # mask_prob=0.3 as in training: validation must still see clean codes, as the captioner does at inference.
     dataset = make_dataset(corpus, tokenizer, train=False)
-    codes = corpus["clips"]["train/c2"][0].astype(np.int64)
-    first, later = dataset[(0, 2)], dataset[(5, 2)]
-    assert first["crop_start"] == 0
-    np.testing.assert_array_equal(first["codes"], later["codes"])
-    labels = first["mcm_labels"]
-    original = np.where(labels != -100, labels, first["codes"])
-    np.testing.assert_array_equal(original, codes[:MAX_FRAMES])
-    expected, _ = mask_codec_tokens(codes[:MAX_FRAMES], 0.3, 2, validation_rng(SEED, 2), pad_id=1024)
-    np.testing.assert_array_equal(first["codes"], expected)
+    for index, (file_path, _) in enumerate(corpus["pairs"]):
+        codes = corpus["clips"][file_path[: -len(".npy")]][0].astype(np.int64)
+        for item in (index, (0, index), (5, index)):
+            example = dataset[item]
+            assert example["crop_start"] == 0
+            np.testing.assert_array_equal(example["codes"], codes[:MAX_FRAMES])
+            assert (example["mcm_labels"] == -100).all() and example["mcm_labels"].shape == example["codes"].shape
+    with pytest.raises(ValueError, match="validation examples are clean"):
+        dataset.rng_for(0, 2)
+
+    items = [0, 2, 6, LONG]  # 5 frames, 30 frames (cut to the first 10), 1 frame, the long caption of clip 2
+    batch = CaptionCollator(MAX_FRAMES)([dataset[(3, i)] for i in items])
+    expected = expected_batch(corpus, tokenizer, items, epoch=3, clean=True)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+    codec = (batch["attention_mask"] == 1) & (batch["encodec_mask"] == 1)  # codec frames, padding excluded
+    assert int(codec.sum()) == 5 + 10 + 1 + 10
+    assert not (batch["input_ids"][codec] == 1024).any(), "a validation code was masked"
+    assert (batch["mcm_labels"] == -100).all()
+    # The same examples in training are masked (the settings do mask): only validation is clean.
+    trained = CaptionCollator(MAX_FRAMES)([make_dataset(corpus, tokenizer)[(3, i)] for i in items])
+    assert (trained["input_ids"][codec] == 1024).any() and (trained["mcm_labels"] != -100).any()
 
 
 def test_no_masking_leaves_codes_and_ignores_every_label(corpus, tokenizer):

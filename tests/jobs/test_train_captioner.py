@@ -147,6 +147,48 @@ def test_the_outputs_load_in_the_pipeline_and_caption_features(files, reference)
     assert result.best["step"] in (8, 16)
 
 
+def test_the_validation_loss_is_the_caption_loss_of_the_clean_validation_clips(files, reference):
+    # The run masks training codes (encodec_masking_prob=0.15); validation must judge the captioner on the
+    # clean codes it sees at inference. Recomputed here from the manifest and the store, with the model
+    # validated at the last step (= final/), one clip at a time, through the model's own caption loss.
+    import csv
+
+    from enclap.features.store import open_feature_store
+    from enclap.pipeline import CaptioningPipeline
+
+    output, result = reference
+    pipeline = CaptioningPipeline.from_pretrained(result.final_dir, with_audio_models=False, device="cpu")
+    model, tokenizer = pipeline.model.eval(), pipeline.tokenizer
+    max_frames, max_tokens = 48 - 3, 16
+    store = open_feature_store(files["store"])
+    total, tokens = 0.0, 0
+    with open(files["val_csv"], newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        clip = store[row["file_path"].removesuffix(".npy")]
+        codes = torch.from_numpy(np.asarray(clip.codes, dtype=np.int64)[:max_frames])
+        frames = len(codes)
+        input_ids = torch.zeros((1, frames + 3, codes.shape[1]), dtype=torch.long)  # CLAP slot and <s>: 0
+        input_ids[0, 2 : 2 + frames] = codes
+        input_ids[0, 2 + frames] = tokenizer.eos_token_id
+        encodec_mask = torch.zeros((1, frames + 3), dtype=torch.long)
+        encodec_mask[0, 2 : 2 + frames] = 1
+        for caption in (row[key] for key in row if key.startswith("caption_")):
+            ids = tokenizer(caption)["input_ids"]
+            ids = ids if len(ids) <= max_tokens else ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+            with torch.no_grad():
+                out = model(input_ids=input_ids, clap_embedding=torch.from_numpy(np.asarray(clip.clap))[None],
+                            encodec_mask=encodec_mask, attention_mask=torch.ones((1, frames + 3), dtype=torch.long),
+                            labels=torch.tensor([ids]))
+            total += float(out.lm_loss) * len(ids)  # the model's mean over this caption's tokens, smoothing included
+            tokens += len(ids)
+    last = [e for e in read_train_log(output) if e["type"] == "validation" and e["step"] == result.global_step]
+    assert len(last) == 1 and model.config.label_smoothing == 0.2
+    assert last[0]["val_loss"] == pytest.approx(total / tokens, rel=1e-5)
+    assert last[0]["val_loss"] == last[0]["val_lm_loss"]
+    assert last[0].get("val_mcm_loss", 0.0) == 0.0  # no MCM figure from masked validation inputs
+
+
 def test_a_nan_loss_stops_with_the_step_and_the_last_checkpoint_intact(files, tmp_path):
     output = tmp_path / "run"
 
@@ -272,6 +314,8 @@ def test_configuration_errors_exit_2_naming_the_key(files, tmp_path, capsys):
     assert "needs exactly one of model.model_name_or_path" in err and "only apply to model.init=random" in err
     assert main(tiny_overrides(files, tmp_path / "run", **{"train.best_metric": "spider"})) == 2
     assert "train.best_metric='spider' is neither" in capsys.readouterr().err
+    assert main(tiny_overrides(files, tmp_path / "run", **{"train.best_metric": "val_mcm_loss"})) == 2
+    assert "train.best_metric=val_mcm_loss: validation codes are not masked" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
