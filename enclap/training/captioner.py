@@ -18,8 +18,8 @@ have count 0, and the loop's ``sum / max(count, 1)`` makes each such term exactl
 nothing. Hence ``val_loss`` = ``val_lm_loss`` = the token-mean caption cross-entropy over the whole
 validation set on clean inputs, *with* ``config.label_smoothing`` applied exactly as in the training
 caption term and in the model's own ``lm_loss`` (so it is not a pure negative log-likelihood when
-smoothing is on). MCM is a training objective only: the loop's ``val_mcm_loss`` group is 0 by
-construction (no masked positions were scored), not a measurement, and the training job refuses it as
+smoothing is on). MCM is a training objective only: with no masked position scored, the loop leaves
+the ``val_mcm_loss`` group out of the validation figures, and the training job refuses it as
 ``best_metric``.
 """
 

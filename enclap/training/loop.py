@@ -574,12 +574,17 @@ class Trainer:
             return tensor
         return self.accelerator.reduce(tensor, reduction="sum")
 
-    def _figures(self, sums: "torch.Tensor", counts: "torch.Tensor") -> dict[str, float]:
-        """``loss`` and each group's value from global sums and counts (float64)."""
+    def _figures(self, sums: "torch.Tensor", counts: "torch.Tensor", omit_empty: bool = False) -> dict[str, float]:
+        """``loss`` and each group's value from global sums and counts (float64).
+
+        ``omit_empty`` (validation) leaves out a group none of whose terms counted anything, e.g. the
+        MCM terms on clean validation inputs: its 0 would be an absence, not a measurement.
+        """
         per_term = self.term_weights * sums / counts.clamp(min=1)
         figures = {"loss": float(per_term.sum())}
         for group, members in self.task.loss_terms.groups.items():
-            figures[group] = float(per_term[members].sum())
+            if not omit_empty or float(counts[members].sum()) > 0:
+                figures[group] = float(per_term[members].sum())
         return figures
 
     # ------------------------------------------------------------------ steps
@@ -665,7 +670,7 @@ class Trainer:
                 for batch in loader:
                     counts += task.counts(batch).to(device=self.device, dtype=torch.float64)
                     sums += module(**task.model_inputs(self._to_device(batch))).to(torch.float64)
-            values = self._figures(self._reduce_sum(sums), self._reduce_sum(counts))
+            values = self._figures(self._reduce_sum(sums), self._reduce_sum(counts), omit_empty=True)
             figures = {f"val_{name}": value for name, value in values.items()}
         extra: dict[str, float] = {}
         if self.is_main_process:
