@@ -13,6 +13,7 @@ import datetime as dt
 import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,24 @@ def load(path: Path):
     return module
 
 
+_TRAILER = re.compile(r"^_(bench_\w+\.py) took ", re.MULTILINE)
+
+
+def previous_sections(results: Path) -> list[tuple[str, str]]:
+    """(bench file, Markdown section) of an existing RESULTS.md; a section ends with its "_bench_x.py took" line."""
+    if not results.is_file():
+        return []
+    text = results.read_text()
+    sections = []
+    begin = text.find("\n### ") + 1  # the first section starts after the header
+    for match in _TRAILER.finditer(text):
+        end = text.find("\n", match.end())
+        end = end + 1 if end >= 0 else len(text)
+        sections.append((match.group(1), text[begin:end].strip("\n") + "\n"))
+        begin = end
+    return sections
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmarks run, figures mean little")
@@ -79,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             failures += 1
             section = f"### {path.stem}\n\nFAILED:\n\n```\n{traceback.format_exc()}\n```\n"
-        sections.append(section.rstrip() + f"\n\n_{path.name} took {time.perf_counter() - started:.1f} s._\n")
+        sections.append(
+            section.rstrip() + f"\n\n_{path.name} took {time.perf_counter() - started:.1f} s "
+            f"({dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d')}, revision {git_revision()})._\n"
+        )
         print(section, flush=True)
     command = "python bench/run_all.py" + (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
     header = (
@@ -88,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {machine_description()}\n"
         f"- Command: `{command}` (or `make bench`)\n"
         f"- Revision: {git_revision()}\n\n"
-        "Ratios compare variants measured in the same run; absolute times on a shared 2-core machine are noisy.\n\n"
+        "Ratios compare variants measured in the same run; absolute times on a shared 2-core machine are noisy. "
+        "Each section ends with the date and revision it was measured at (`--only` reruns some and keeps the rest).\n\n"
     )
+    if args.only:
+        # A partial run replaces its own sections and keeps the others (each says when it was measured).
+        ran = {path.name for path in files}
+        kept = [section for name, section in previous_sections(Path(args.output)) if name not in ran]
+        sections = kept + sections
+        sections.sort(key=lambda section: _TRAILER.findall(section)[-1] if _TRAILER.findall(section) else "")
     Path(args.output).write_text(header + "\n".join(sections))
     print(f"> wrote {args.output}")
     return 1 if failures else 0
