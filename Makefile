@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench lock clean
+.PHONY: install demo test test-fast bench lock clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The one-command demo: synthetic data -> features -> training -> evaluation -> captions, under runs/demo
+# (rerun to skip finished stages; an interrupted stage resumes). DEMO_ARGS passes options, e.g. --force train.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/enclap-demo $(DEMO_ARGS)
 
 # The whole suite, slow tests included, on both cores.
 test: $(STAMP)

@@ -42,5 +42,11 @@ def demo_data_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def demo_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.demo import main
+
+    return main(argv)
+
+
 if __name__ == "__main__":
     sys.exit(caption_main())
