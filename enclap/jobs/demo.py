@@ -28,7 +28,9 @@ in ``.demo/<stage>.json``. A stage that was interrupted with the same settings i
 through its job's own resume (the extraction skips stored clips, the training continues from its last
 checkpoint, the evaluation from its partial predictions). A stage whose settings changed starts over, and
 so do the stages after it; the ones before it are kept. ``--force STAGE`` redoes a stage and every stage
-after it. Where things run (``--device``, progress bars) is not part of any fingerprint.
+after it. Where things run (``--device``, progress bars) is not part of any fingerprint, and neither is
+where the output directory is: a finished run can be moved as a whole. (An extraction interrupted before
+a move must be finished in place: the feature store records its models' paths and refuses others.)
 
 **Random feature models.** Without hub access the real EnCodec (``facebook/encodec_24khz``) and CLAP
 (``laion/clap-htsat-fused``) cannot be loaded, and the project never falls back to random weights on its
@@ -38,7 +40,8 @@ copies) ``--encodec facebook/encodec_24khz --clap laion/clap-htsat-fused`` runs 
 real feature models (much slower on a CPU).
 
 Exit codes of :func:`main`: 0 done, 1 a stage failed (its message says which and why), 2 usage or
-configuration error, 130 / 143 interrupted by SIGINT / SIGTERM (rerun the same command to resume).
+configuration error (bad option or training setting, a feature model that cannot be found), 130 / 143
+interrupted by SIGINT / SIGTERM (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -57,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import ConfigError, EnclapError
+from ..errors import ConfigError, EnclapError, ManifestError, PretrainedNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +151,8 @@ class DemoOptions:
             raise ConfigError(
                 "give both --encodec and --clap (the real feature models), or neither (the demo then builds random ones)"
             )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?", self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}")
         unknown = [s for s in self.force if s not in STAGES and s != "all"]
         if unknown:
             raise ConfigError(f"--force {', '.join(unknown)}: unknown stage; stages are {', '.join(STAGES)} (or all)")
@@ -879,8 +885,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DemoInterrupted as err:
         print(f"enclap-demo: {err}", file=sys.stderr)
         return 143 if err.signal_name == "SIGTERM" else 130
-    except ConfigError as err:
-        print(f"enclap-demo: configuration error: {err}", file=sys.stderr)
+    except (ConfigError, ManifestError, PretrainedNotFoundError) as err:
+        print(f"enclap-demo: {err}", file=sys.stderr)
         return 2
     except EnclapError as err:
         print(f"enclap-demo: {err}", file=sys.stderr)

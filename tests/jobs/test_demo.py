@@ -196,6 +196,7 @@ def test_quick_demo_end_to_end_then_skip_resume_and_redo_rules(tmp_path):
         (["not-an-override"], "expected key=value"),
         (["train.no_such_key=1"], "no_such_key"),
         (["output_dir=/elsewhere"], "the demo sets output_dir itself"),
+        (["--device", "gpu0"], "--device must be auto, cpu, cuda"),
     ],
 )
 def test_bad_usage_is_refused_before_any_work(tmp_path, capsys, extra, message):
@@ -217,3 +218,12 @@ def test_force_redoes_the_named_stage_and_every_stage_after_it(tmp_path):
     assert forced("features") == {"features", "train", "evaluate", "caption"}
     assert forced("caption", "models") == set(STAGES[1:])
     assert forced("all") == set(STAGES)
+
+
+def test_a_feature_model_that_cannot_be_found_is_named(tmp_path, capsys):
+    missing = tmp_path / "no-encodec-here"
+    args = [*QUICK_ARGS, "--output", str(tmp_path / "run"), "--encodec", str(missing), "--clap", str(tmp_path / "no-clap")]
+    with torch_threads(1):
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
