@@ -124,7 +124,7 @@ def test_batch_variant_backend_falls_back_to_single_clips(model, caplog):
         # seven clips of one length: batches of 3, 3 and 1; the first batch reveals the variance
         clips = [_clip(0.5, i) for i in range(7)] + [_clip(0.8, i) for i in range(3)]
         tok = EncodecTokenizer(variant, batch_size=3)
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.INFO, logger="enclap.features.codec"):
             batched = tok.encode(clips)
         assert "one clip at a time" in caplog.text
         assert tok._batching_ok is False
