@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import EnclapError
+from ..fileio import fsync_dir
 
 if TYPE_CHECKING:  # the extractor module pulls in torch; the store itself does not need it
     from .extractor import ClipFeatures
@@ -116,20 +117,6 @@ def _jsonable(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as err:
         raise FeatureStoreError(f"{what} must be JSON-serialisable: {err}") from err
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A rename is durable only once the directory entry is; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -483,7 +470,7 @@ class ShardWriter:
                     os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         existing = _read_store_file(self.root).get("metadata") or {}
         if metadata is not None and existing != metadata:
             differing = sorted(k for k in set(existing) | set(metadata) if existing.get(k) != metadata.get(k))
@@ -583,7 +570,7 @@ class ShardWriter:
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _write_atomic(Path(f"{base}.index.json"), json.dumps(index, separators=(",", ":")).encode())
-        _fsync_dir(self._shard_dir)
+        fsync_dir(self._shard_dir)
         self._committed.update(keys)
         self.clips_written += len(keys)
         self.shards_written.append(name)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..fileio import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -66,20 +67,7 @@ def _fsync_tree(directory: Path) -> None:
         for name in files:
             with open(Path(root) / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(root))
 
 
 def commit_directory(tmp: Path, final: Path) -> None:
@@ -91,7 +79,7 @@ def commit_directory(tmp: Path, final: Path) -> None:
             shutil.rmtree(old)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
 
