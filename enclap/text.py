@@ -8,6 +8,7 @@ trained here on its captions, with the same special-token layout so that every g
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -31,8 +32,18 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_TOKENIZER) -> "PreT
     """BART-style tokenizer from a hub id or a local directory (see :func:`enclap.loading.load_pretrained`)."""
     from transformers import AutoTokenizer
 
+    def loader(path: str) -> "PreTrainedTokenizerBase":
+        config_file = Path(path) / "config.json"
+        if config_file.is_file() and "encodec_pad_token_id" in json.loads(config_file.read_text()):
+            # A captioner checkpoint: its config.json says model_type "bart", and AutoTokenizer would read it
+            # as a plain BART config, which takes the codec pad id (1024) for an out-of-vocabulary text token.
+            from .model.configuration import EnClapBartConfig
+
+            return AutoTokenizer.from_pretrained(path, config=EnClapBartConfig.from_pretrained(path))
+        return AutoTokenizer.from_pretrained(path)
+
     tokenizer = load_pretrained(
-        AutoTokenizer.from_pretrained,
+        loader,
         name_or_path,
         what="caption tokenizer",
         how_to_get="The released EnCLAP checkpoints use facebook/bart-base's tokenizer.",
