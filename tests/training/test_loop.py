@@ -93,7 +93,7 @@ class ToyTask(TrainingTask):
 
 def loop_config(**overrides) -> LoopConfig:
     values = dict(
-        num_train_epochs=3, per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.05,
+        num_train_epochs=3, train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.05,
         lr_scheduler_type="linear", num_warmup_steps=2, max_grad_norm=1.0, report_to="none",
         dataloader_num_workers=0, progress=False, logging_steps=1, checkpoints_total_limit=0,
     )
@@ -161,7 +161,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(uninterrupted, tmp_path):
 
 
 def test_resume_with_accumulation_and_loader_workers_equals_an_uninterrupted_run(tmp_path):
-    config = loop_config(gradient_accumulation_steps=2, per_device_train_batch_size=2, dataloader_num_workers=2, num_train_epochs=2)
+    config = loop_config(gradient_accumulation_steps=2, train_batch_size=4, dataloader_num_workers=2, num_train_epochs=2)
     reference, reference_weights = train(tmp_path / "reference", config)
     assert reference.total_steps == 12  # 11 micro-batches of 2 per epoch, 2 per step
     interrupted, _ = train(tmp_path / "run", config, hook=stop_at(9))  # during step 5 of epoch 1 (calls 9-10)
@@ -219,7 +219,8 @@ def test_accumulation_and_micro_batch_size_do_not_change_the_steps(tmp_path):
     common = dict(dropout=0.0)
     results = {}
     for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
-        config = loop_config(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, num_train_epochs=2)
+        config = loop_config(train_batch_size=8, per_device_train_batch_size=batch, num_train_epochs=2)
+        assert 8 // batch == accumulation
         output = tmp_path / f"b{batch}"
         result, weights = train(output, config, task=ToyTask(**common))
         assert result.total_steps == 6  # steps of 8, 8 and 6 examples per epoch in every variant
@@ -301,8 +302,8 @@ def test_a_checkpoint_of_a_different_run_is_refused_with_the_differences(tmp_pat
     train(output, loop_config(num_train_epochs=1))
     with pytest.raises(CheckpointError, match=r"loop.seed: checkpoint 5, now 6"):
         train(output, loop_config(num_train_epochs=2), seed=6)
-    with pytest.raises(CheckpointError, match=r"loop.global_micro_batch: checkpoint 4, now 8"):
-        train(output, loop_config(num_train_epochs=2, per_device_train_batch_size=8))
+    with pytest.raises(CheckpointError, match=r"loop.train_batch_size: checkpoint 4, now 8"):
+        train(output, loop_config(num_train_epochs=2, train_batch_size=8))
     task = ToyTask()
     task.fingerprint = lambda: {"width": 32}
     with pytest.raises(CheckpointError, match=r"task.width: checkpoint 16, now 32"):
@@ -339,7 +340,8 @@ def test_best_metric_exports_the_best_model(tmp_path):
     result, _ = train(tmp_path / "run", loop_config(eval_steps=2), task=task)
     validations = losses(tmp_path / "run", "validation", ("val_loss",))
     best_step = min(validations, key=lambda step: validations[step][0])
-    assert result.best == {"metric": "val_loss", "value": validations[best_step][0], "step": best_step}
+    assert {k: result.best[k] for k in ("metric", "value", "step")} == {"metric": "val_loss", "value": validations[best_step][0], "step": best_step}
+    assert result.best["figures"]["val_loss"] == validations[best_step][0]
     state = json.loads((tmp_path / "run" / "best" / "training_state.json").read_text())
     assert state["step"] == best_step and state["validation"]["val_loss"] == validations[best_step][0]
     assert (tmp_path / "run" / "final" / "weights.safetensors").is_file()
