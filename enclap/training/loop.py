@@ -152,6 +152,8 @@ class LoopConfig:
     progress: bool = True  # tqdm progress bar on the main process
 
     def validate(self) -> None:
+        if str(self.mixed_precision).lower() == "false":  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         problems = []
         for name in ("num_train_epochs", "train_batch_size", "per_device_eval_batch_size", "logging_steps", "bucket_window"):
             if getattr(self, name) < 1:

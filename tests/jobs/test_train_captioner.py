@@ -413,6 +413,11 @@ def test_the_reference_recipes_load(name):
     assert config.data.encodec_masking_prob == 0.15 and config.data.encodec_masking_span == 10
     assert config.data.max_target_length == 128 and config.validation.val_max_target_length == 50
     assert config.train.weight_decay == 0.01 and config.train.max_grad_norm == 1.0
+    # Global batches, as the reference's recipes (it used split_batches): no per-device size, nothing forced.
+    expected_batch = 16 if name == "audiocaps/base" else 64
+    assert config.train.train_batch_size == expected_batch and config.train.per_device_train_batch_size is None
+    assert config.train.gradient_accumulation_steps is None and config.train.mixed_precision == "auto"
+    assert config.validation.metrics == ["auto"] and config.train.best_metric == "auto" and config.validation.max_clips == 0
     expected_lr = {"clotho/base": 4e-5, "clotho/large": 2.5e-5, "audiocaps/base": 6.5e-5, "audiocaps/large": 3e-5,
                    "clotho_finetune/base": 2e-5, "clotho_finetune/large": 1.25e-5}[name]
     assert config.train.learning_rate == pytest.approx(expected_lr)
@@ -458,11 +463,11 @@ def free_port() -> int:
 def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(files, tmp_path):
     # A warm-up then linear decay: a schedule stepped once per process (Accelerate's default) would differ.
     common = {"train.num_train_epochs": 1, "train.checkpointing_steps": 3, "train.lr_scheduler_type": "linear", "train.num_warmup_steps": 3}
-    single = run(files, tmp_path / "one", **{**common, "train.per_device_train_batch_size": 4})
+    single = run(files, tmp_path / "one", **common)
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(REPO_ROOT / "train.py"), *tiny_overrides(files, tmp_path / "two", **{**common, "train.per_device_train_batch_size": 2})],
+         str(REPO_ROOT / "train.py"), *tiny_overrides(files, tmp_path / "two", **common)],  # the same global batch of 4: 2 per process
         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]

@@ -139,3 +139,25 @@ def test_validation_loss_is_the_caption_loss_on_clean_codes(tmp_path):
     with torch.no_grad():
         masked_sums = CaptionerLossModule(model)(**{k: masked[k] for k in inputs}).double()
     assert float(masked_sums[0] / counts[0]) != pytest.approx(expected, rel=1e-3)
+
+
+def test_the_loss_terms_equal_a_straightforward_computation():
+    """Independent of the model's loss code: one masked select and one plain CrossEntropyLoss per codebook."""
+    model = tiny_model()
+    batch = make_batch()
+    inputs = {k: batch[k] for k in ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")}
+    with torch.no_grad():
+        sums = CaptionerLossModule(model)(**inputs).double()
+        outputs = model(**{k: v for k, v in inputs.items() if k != "mcm_labels"})
+        hidden = outputs.encoder_last_hidden_state
+        labels = batch["labels"]
+        token_losses = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=0.2, ignore_index=-100)(
+            outputs.logits.reshape(-1, outputs.logits.shape[-1]), labels.reshape(-1)
+        )
+        expected = [float(token_losses[labels.reshape(-1) != -100].sum())]
+        for i, head in enumerate(model.mcm_heads):
+            where = batch["mcm_labels"][..., i] != -100
+            rows, targets = hidden[where], batch["mcm_labels"][..., i][where]
+            expected.append(float(torch.nn.CrossEntropyLoss(reduction="sum")(head(rows), targets)) if len(rows) else 0.0)
+    np.testing.assert_allclose(sums.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (batch["mcm_labels"] != -100).any()  # the batch does exercise the MCM terms
