@@ -179,7 +179,9 @@ def _start_wandb(output_dir: Path, run_config: dict[str, Any], project: str, *, 
     id_file = output_dir / WANDB_ID_FILE
     run_id = None if fresh or not id_file.is_file() else id_file.read_text().strip() or None
     if run_id is None:
-        run_id = wandb.util.generate_id()
+        import secrets
+
+        run_id = secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
     (output_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
     return wandb.init(

@@ -623,3 +623,32 @@ def test_a_task_with_the_earlier_export_and_validation_contract_still_works(tmp_
     result, _ = train(tmp_path / "run", loop_config(num_train_epochs=1, best_metric="score"), task=Earlier())
     assert result.best["metric"] == "score" and result.best["step"] == 6
     assert (tmp_path / "run" / "best" / "weights.safetensors").is_file()
+
+
+def test_wandb_offline_logs_the_run_without_network(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is an optional extra (pip install 'enclap[wandb]'); requirements.txt pins it for CI")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    output = tmp_path / "run"
+    result, _ = train(output, loop_config(num_train_epochs=1, report_to="wandb"))
+    assert result.status == "completed"
+    runs = list((output / "wandb").glob("wandb/offline-run-*")) or list((output / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((output / "wandb").rglob("*"))[:20]
+    run_id = (output / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(run_id) and list(runs[0].glob(f"run-{run_id}.wandb"))
+    # The offline run's record (protobuf, keys stored as text) holds the training curves and the final summary.
+    # (wandb's service process may still be flushing it when finish() returns: wait for it, at most 60 s)
+    import time
+
+    keys = (b"train/loss", b"train/examples_per_second", b"validation/val_loss", b"best/value", b"best/step")
+    deadline = time.monotonic() + 60
+    while True:
+        record = next(runs[0].glob(f"run-{run_id}.wandb")).read_bytes()
+        if all(key in record for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [key for key in keys if key not in record] == []
+    # A resumed run continues the same W&B run.
+    again, _ = train(output, loop_config(num_train_epochs=2, report_to="wandb"))
+    assert (output / "wandb_run_id").read_text().strip() == run_id
