@@ -584,3 +584,14 @@ def test_two_processes_gather_the_validation_of_one_resume_onto_one_and_score_as
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
     assert json.loads(scores.read_text())["scores"]["cider_d"] == pytest.approx(best["value"], abs=1e-9)
+
+
+def test_the_training_command_sets_the_allocator_policy_for_its_own_process(files, tmp_path, monkeypatch):
+    import enclap.allocator
+    import enclap.jobs.train_captioner as job
+
+    calls = []
+    monkeypatch.setattr(enclap.allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(job, "train_captioner", lambda config: (_ for _ in ()).throw(ConfigError("stop here")))
+    assert main(tiny_overrides(files, tmp_path / "run")) == 2
+    assert calls == [1]

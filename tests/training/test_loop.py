@@ -652,3 +652,13 @@ def test_wandb_offline_logs_the_run_without_network(tmp_path, monkeypatch):
     # A resumed run continues the same W&B run.
     again, _ = train(output, loop_config(num_train_epochs=2, report_to="wandb"))
     assert (output / "wandb_run_id").read_text().strip() == run_id
+
+
+def test_the_library_loop_leaves_the_process_allocator_alone(tmp_path, monkeypatch):
+    """retain_freed_memory is process-wide and irreversible: only entry points whose process is ours set it."""
+    import enclap.allocator
+
+    calls = []
+    monkeypatch.setattr(enclap.allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    train(tmp_path / "run", loop_config(num_train_epochs=1))
+    assert calls == []
