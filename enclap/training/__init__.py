@@ -1,7 +1,8 @@
 """Training: one model-agnostic loop under Accelerate, and the captioner's task for it.
 
-* :mod:`enclap.training.loop` -- :class:`LoopConfig`, :class:`TrainingTask`, :func:`run_training`
-  (checkpoints, exact resume, validation, best model, logging, signals).
+* :mod:`enclap.training.loop` -- :func:`run_training` / :class:`Trainer` (checkpoints, exact resume,
+  validation, best model, logging); it re-exports the contract of :mod:`enclap.training.contract`
+  (:class:`LoopConfig`, :class:`TrainingTask`, :class:`LossTerms`, :class:`TrainingResult`).
 * :mod:`enclap.training.distributed` -- global batch geometry, the launcher's settings, FSDP / DeepSpeed.
 * :mod:`enclap.training.sampling` -- which examples each process reads: a function of (seed, epoch).
 * :mod:`enclap.training.checkpoints` -- checkpoint directories: atomic commit, discovery, resume policy, pruning.
