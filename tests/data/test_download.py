@@ -525,8 +525,7 @@ def test_7zip_command_path_refuses_links_and_fifos(tmp_path, monkeypatch):
     # Without the two special members the same listing is extracted.
     blocks = SEVEN_ZIP_LISTING.split("\n\n")
     benign = "\n\n".join(b for b in blocks if "Path = audio/link" not in b and "Path = audio/fifo" not in b)
-    _fake = tmp_path / "listing.txt"
-    _fake.write_text(benign)
+    (tmp_path / "listing.txt").write_text(benign)
     extract_archive(archive, tmp_path / "out")
     assert (tmp_path / "extract_calls.txt").read_text().split() == ["x", "-y", f"-o{tmp_path / 'out'}", str(archive)]
 
