@@ -422,9 +422,10 @@ def test_tar_with_links_or_special_files_is_refused(tmp_path, member_type, kind)
     assert list((tmp_path / "out").rglob("*")) == []
 
 
-# `7zz l -slt` of a py7zr archive holding a file, a link to /etc/passwd and a fifo, as printed by
-# 7-Zip 26.02 (Debian's 7zip package); the CLI path must read the member kinds from this text.
-SEVEN_ZIP_LISTING = """
+# `7zz l -slt` output in the format 7-Zip 26.02 (Debian's 7zip package) prints it, for an archive holding a
+# file, a link to /etc/passwd, a fifo, a folder and a file with Windows attributes only. The attribute
+# strings are the ones 7-Zip printed for such members; the CLI path must read the member kinds from them.
+SEVEN_ZIP_HEADER = """
 7-Zip (z) 26.02 (x64) : Copyright (c) 1999-2026 Igor Pavlov : 2026-02-12
 
 Scanning the drive for archives:
@@ -442,56 +443,23 @@ Solid = +
 Blocks = 1
 
 ----------
-Path = audio/f.wav
-Size = 3
-Packed Size = 18
-Modified = 2026-12-01 23:25:28.7704048
-Attributes = A -rw-r--r--
-CRC = ED6F7A7A
-Encrypted = -
-Method = BCJ LZMA2:24
-Block = 0
-
-Path = audio/link
-Size = 11
-Packed Size = 
-Modified = 2026-12-01 23:25:28.7725120
-Attributes = AL lrwxrwxrwx
-CRC = 291FB90A
-Encrypted = -
-Method = BCJ LZMA2:24
-Block = 0
-
-Path = audio/fifo
-Size = 0
-Packed Size = 
-Modified = 2026-12-01 23:25:40.1418608
-Attributes =  prw-r--r--
-CRC = 00000000
-Encrypted = -
-Method = BCJ LZMA2:24
-Block = 0
-
-Path = audio/dir
-Size = 0
-Packed Size = 0
-Modified = 2026-12-01 23:25:40.1418608
-Attributes = D drwxr-xr-x
-CRC = 
-Encrypted = -
-Method = 
-Block = 
-
-Path = audio/windows.wav
-Size = 3
-Packed Size = 18
-Modified = 2026-12-01 23:25:28.7704048
-Attributes = A
-CRC = ED6F7A7A
-Encrypted = -
-Method = BCJ LZMA2:24
-Block = 0
 """
+SEVEN_ZIP_MEMBERS = [
+    ("audio/f.wav", 3, "A -rw-r--r--"),
+    ("audio/link", 11, "AL lrwxrwxrwx"),
+    ("audio/fifo", 0, " prw-r--r--"),
+    ("audio/dir", 0, "D drwxr-xr-x"),
+    ("audio/windows.wav", 3, "A"),
+]
+
+
+def seven_zip_listing(members: list[tuple[str, int, str]]) -> str:
+    blocks = [
+        f"Path = {path}\nSize = {size}\nPacked Size = \nModified = 2026-12-01 23:25:28.7704048\n"
+        f"Attributes = {attributes}\nCRC = 00000000\nEncrypted = -\nMethod = BCJ LZMA2:24\nBlock = 0\n"
+        for path, size, attributes in members
+    ]
+    return SEVEN_ZIP_HEADER + "\n".join(blocks)
 
 
 def _fake_7zip(tmp_path: Path, listing: str) -> Path:
@@ -510,7 +478,7 @@ def _fake_7zip(tmp_path: Path, listing: str) -> Path:
 
 def test_7zip_command_path_refuses_links_and_fifos(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "py7zr", None)  # use the 7-Zip command, not py7zr
-    exe = _fake_7zip(tmp_path, SEVEN_ZIP_LISTING)
+    exe = _fake_7zip(tmp_path, seven_zip_listing(SEVEN_ZIP_MEMBERS))
     monkeypatch.setattr(dl.shutil, "which", lambda name: str(exe) if name == "7z" else None)
     archive = tmp_path / "a.7z"
     archive.write_bytes(b"7z\xbc\xaf\x27\x1c")
@@ -523,9 +491,8 @@ def test_7zip_command_path_refuses_links_and_fifos(tmp_path, monkeypatch):
     assert not (tmp_path / "extract_calls.txt").exists()  # 7-Zip was never asked to extract
 
     # Without the two special members the same listing is extracted.
-    blocks = SEVEN_ZIP_LISTING.split("\n\n")
-    benign = "\n\n".join(b for b in blocks if "Path = audio/link" not in b and "Path = audio/fifo" not in b)
-    (tmp_path / "listing.txt").write_text(benign)
+    benign = [m for m in SEVEN_ZIP_MEMBERS if m[0] not in ("audio/link", "audio/fifo")]
+    (tmp_path / "listing.txt").write_text(seven_zip_listing(benign))
     extract_archive(archive, tmp_path / "out")
     assert (tmp_path / "extract_calls.txt").read_text().split() == ["x", "-y", f"-o{tmp_path / 'out'}", str(archive)]
 
