@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from enclap import metrics as M
+import importlib  # noqa: E402  (M.importlib below)
 from enclap.errors import ConfigError, ManifestError, MetricUnavailableError
 
 OFFLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d")
