@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from enclap import metrics as M
-import importlib  # noqa: E402  (M.importlib below)
+import importlib.util
 from enclap.errors import ConfigError, ManifestError, MetricUnavailableError
 
 OFFLINE = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d")
@@ -310,7 +310,7 @@ def test_fense_unavailable_offline_with_reason(monkeypatch, cache: Path, tmp_pat
     statuses = M.metric_availability(("fense", "spider_fl"), cache, fense_sbert_model="sentence-transformers/not-cached-model-xyz")
     fense = statuses["fense"]
     assert not fense.available
-    if M.importlib.util.find_spec("sentence_transformers") is None:
+    if importlib.util.find_spec("sentence_transformers") is None:
         assert "sentence-transformers" in fense.reason
     else:
         assert "not-cached-model-xyz" in fense.reason
