@@ -1,7 +1,7 @@
 """Audio captioning metrics (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr, FENSE, SPIDEr-FL) that work offline.
 
 The scores are those of ``aac-metrics`` 0.5.4 (the DCASE reference implementation, itself matching
-coco-caption); this module makes its external resources come from the package registries alone, runs every
+coco-caption); this package makes its external resources come from the package registries alone, runs every
 Java program once per corpus, and reports what cannot run instead of failing or dropping it.
 
 Resources and where they come from
@@ -18,14 +18,25 @@ wheel ``pycocoevalcap==1.2`` instead (symlinks, or copies where needed), never w
 - ``spice/lib/stanford-corenlp-3.6.0.jar`` and ``spice/lib/stanford-corenlp-3.6.0-models.jar``: SPICE, given by
   **you** (see below).
 
-The two Stanford CoreNLP 3.6.0 jars are in no package registry. They are inside
+The two Stanford CoreNLP 3.6.0 jars are in no registry this project reaches (Maven Central has them, as
+``edu.stanford.nlp:stanford-corenlp:3.6.0`` and its ``models`` classifier). They are inside
 ``stanford-corenlp-full-2015-12-09.zip`` (https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip,
 about 400 MB). Place them with one of::
 
-    enclap-metrics setup --corenlp /path/to/stanford-corenlp-full-2015-12-09.zip
-    enclap-metrics setup --corenlp stanford-corenlp-3.6.0.jar --corenlp stanford-corenlp-3.6.0-models.jar
-    enclap-metrics setup --corenlp /path/to/unzipped/stanford-corenlp-full-2015-12-09/
-    enclap-metrics setup --corenlp https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip
+    enclap-metrics setup --corenlp /path/to/stanford-corenlp-full-2015-12-09.zip --sha256 NAME=SHA256 ...
+    enclap-metrics setup --corenlp stanford-corenlp-3.6.0.jar --corenlp stanford-corenlp-3.6.0-models.jar ...
+    enclap-metrics setup --corenlp /path/to/unzipped/stanford-corenlp-full-2015-12-09/ ...
+    enclap-metrics setup --corenlp https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip ...
+
+Integrity: Java runs these jars and aac-metrics unpickles FENSE's checkpoint, so each file is used only when
+its SHA-256 equals a pinned one (:mod:`enclap.metrics.integrity`), whatever its source, and plain ``http``
+URLs are refused. The pycocoevalcap files are pinned to the wheel PyPI serves
+(:data:`~enclap.metrics.resources.PYCOCOEVALCAP_SHA256`), the error detectors to the digests FENSE publishes
+(:data:`~enclap.metrics.fense.FENSE_ECHECKER_SHA256`). For the CoreNLP files no SHA-256 is published that
+could be checked, so :data:`~enclap.metrics.corenlp.CORENLP_SHA256` pins none: ``setup`` refuses each jar
+(saying its SHA-256) until you pin the digest you have checked against a source you trust,
+``--sha256 stanford-corenlp-3.6.0.jar=...`` and ``--sha256 stanford-corenlp-3.6.0-models.jar=...`` (and, for
+the zip, optionally its own). A mismatch names the file, the expected and the actual digest.
 
 Java: aac-metrics refuses Java newer than 13 and SPICE needs Java 8 to 11 (it crashes on 16+). The Java used
 is, in order: the ``java_path`` argument; ``$AAC_METRICS_JAVA_PATH`` (ignored with a warning when it is not a
@@ -65,21 +76,31 @@ i gathers the i-th reference of every clip that has one, each round is scored as
 scores are averaged over rounds (the usual "human" figure of the Clotho and AudioCaps papers). A clip's
 per-clip score is the mean over its rounds. Clips with fewer than 2 references are skipped and counted; when
 clips have different numbers of references, rounds that would hold a single clip are not formed.
+
+Modules
+-------
+``names`` (metric names), ``report`` (:class:`ScoreReport`, tables), ``scorer`` (:class:`CaptionScorer`),
+``ceiling`` (:func:`reference_ceiling`), ``ptb`` (sanitising, the PTB tokenizer), ``meteor`` (the METEOR
+process), ``availability`` (which metrics run here), ``java`` (finding Java), ``resources`` (cache layout,
+placing pycocoevalcap's files), ``corenlp`` (the CoreNLP install), ``fense`` (FENSE's models),
+``integrity`` (SHA-256 pins), ``readers`` (CSV input), ``cli`` (``enclap-metrics``).
 """
 
 
 from .availability import metric_availability
 from .ceiling import reference_ceiling
 from .cli import main
-from .corenlp import _CORENLP_MARKERS, CORENLP_HOW_TO, CORENLP_JARS, CORENLP_URL, CORENLP_ZIP
+from .corenlp import CORENLP_HOW_TO, CORENLP_JARS, CORENLP_SHA256, CORENLP_URL, CORENLP_ZIP
 from .fense import (
     FENSE_ECHECKER,
+    FENSE_ECHECKER_SHA256,
     FENSE_ECHECKER_URLS,
     FENSE_HOW_TO,
     FENSE_PENALTY,
     FENSE_SBERT_MODEL,
     download_fense_models,
 )
+from .integrity import ChecksumMismatchError, sha256_file
 from .java import JAVA_HOW_TO, JAVA_MAX, JAVA_MIN, SPICE_JAVA_MAX, JavaRuntime, find_java, java_version
 from .meteor import MeteorProcess, meteor_scores
 from .names import DEFAULT_METRICS, EXTRA_METRICS, OFFLINE_METRICS, SUPPORTED_METRICS
@@ -91,6 +112,7 @@ from .resources import (
     METEOR_JAR,
     METEOR_PARAPHRASE,
     PTB_JAR,
+    PYCOCOEVALCAP_SHA256,
     SETUP_HOW_TO,
     SPICE_DIR,
     SPICE_JAR,
@@ -107,12 +129,15 @@ __all__ = [
     "AAC_DIR",
     "CORENLP_HOW_TO",
     "CORENLP_JARS",
+    "CORENLP_SHA256",
     "CORENLP_URL",
     "CORENLP_ZIP",
     "CaptionScorer",
+    "ChecksumMismatchError",
     "DEFAULT_METRICS",
     "EXTRA_METRICS",
     "FENSE_ECHECKER",
+    "FENSE_ECHECKER_SHA256",
     "FENSE_ECHECKER_URLS",
     "FENSE_HOW_TO",
     "FENSE_PENALTY",
@@ -128,6 +153,7 @@ __all__ = [
     "OFFLINE_METRICS",
     "PTB_JAR",
     "PTB_PUNCTUATIONS",
+    "PYCOCOEVALCAP_SHA256",
     "SETUP_HOW_TO",
     "SPICE_DIR",
     "SPICE_JAR",
@@ -153,4 +179,5 @@ __all__ = [
     "reference_ceiling",
     "resolve_cache_dir",
     "sanitize_caption",
+    "sha256_file",
 ]

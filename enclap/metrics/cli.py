@@ -14,6 +14,7 @@ from .availability import metric_availability
 from .ceiling import reference_ceiling
 from .corenlp import CORENLP_JARS, CORENLP_ZIP
 from .fense import download_fense_models
+from .integrity import parse_pin
 from .java import find_java
 from .names import DEFAULT_METRICS, SUPPORTED_METRICS
 from .readers import _write_per_clip, read_predictions_csv, read_references_csv
@@ -38,7 +39,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup", help="place the jars (and optionally CoreNLP / FENSE models) where aac-metrics looks")
     common(p)
     p.add_argument("--corenlp", action="append", default=[], metavar="PATH_OR_URL",
-                   help=f"{CORENLP_ZIP}, its folder, one of {', '.join(CORENLP_JARS)}, or a URL of the zip (repeatable)")
+                   help=f"{CORENLP_ZIP}, its folder, one of {', '.join(CORENLP_JARS)}, or an https URL of the zip (repeatable)")
+    p.add_argument("--sha256", action="append", default=[], metavar="FILE_NAME=SHA256",
+                   help=f"pin the SHA-256 of {CORENLP_ZIP} or of a CoreNLP jar, checked before it is placed "
+                        "(repeatable; needed for each jar while the project pins none of them)")
     p.add_argument("--copy", action="store_true", help="copy the jars instead of linking them")
     p.add_argument("--fense", action="store_true", help="also download FENSE's models (needs the network)")
 
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(SUPPORTED_METRICS)}")
         if args.command == "setup":
-            root = provision_resources(args.cache_dir, corenlp_jars=args.corenlp, copy=args.copy)
+            pins = dict(parse_pin(text) for text in args.sha256)
+            root = provision_resources(args.cache_dir, corenlp_jars=args.corenlp, corenlp_sha256=pins, copy=args.copy)
             if args.fense:
                 download_fense_models()
             print(f"resources in {root / AAC_DIR}")

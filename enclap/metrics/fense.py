@@ -7,12 +7,21 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from .integrity import ChecksumMismatchError, verify_sha256
+
 # FENSE resources (aac_metrics/functional/fer.py, sbert_sim.py).
 FENSE_SBERT_MODEL = "paraphrase-TinyBERT-L6-v2"
 FENSE_ECHECKER = "echecker_clotho_audiocaps_base"
 FENSE_ECHECKER_URLS = {
     "echecker_clotho_audiocaps_base": "https://github.com/blmoistawinde/fense/releases/download/V0.1/echecker_clotho_audiocaps_base.ckpt",
     "echecker_clotho_audiocaps_tiny": "https://github.com/blmoistawinde/fense/releases/download/V0.1/echecker_clotho_audiocaps_tiny.ckpt",
+}
+# SHA-256 of the error detectors as FENSE publishes them: the digests aac-metrics 0.5.4 checks after its own
+# download (aac_metrics/functional/fer.py), but not for a file already in $FENSE_DATA (copied from another
+# machine, say), which it then unpickles. Here every use checks them first.
+FENSE_ECHECKER_SHA256: dict[str, str] = {
+    "echecker_clotho_audiocaps_base": "1a719f090af70614bbdb9f9437530b7e133c48cfa4a58d964de0d47fc974a2fa",
+    "echecker_clotho_audiocaps_tiny": "90ed0ac5033ec497ec66d4f68588053813e085671136dae312097c96c504f673",
 }
 FENSE_PENALTY = 0.9  # aac-metrics' default for FENSE and SPIDEr-FL
 
@@ -27,6 +36,21 @@ def download_fense_models(device: str = "cpu") -> None:
     from aac_metrics.functional.fense import _load_models_and_tokenizer
 
     _load_models_and_tokenizer(FENSE_SBERT_MODEL, FENSE_ECHECKER, None, device=device)
+    verify_echecker(FENSE_ECHECKER)
+
+
+def echecker_path(echecker: str) -> Path:
+    """Where aac-metrics reads the error detector ``echecker`` from: ``$FENSE_DATA/<echecker>.ckpt``."""
+    return _fense_data_dir() / f"{echecker}.ckpt"
+
+
+def verify_echecker(echecker: str) -> Path:
+    """The error detector's checkpoint, once its SHA-256 is the published one (:data:`FENSE_ECHECKER_SHA256`);
+    raises :class:`~enclap.metrics.integrity.ChecksumMismatchError` naming the file and both digests."""
+    ckpt = echecker_path(echecker)
+    fix = f"delete it and run `enclap-metrics setup --fense`, or copy the file published at {FENSE_ECHECKER_URLS.get(echecker)}"
+    verify_sha256(ckpt, echecker, FENSE_ECHECKER_SHA256, fix)
+    return ckpt
 
 
 def _hf_cached(repo_or_path: str, filenames: Sequence[str]) -> bool:
@@ -58,9 +82,13 @@ def _fense_data_dir() -> Path:
 def _echecker_problems(echecker: str) -> list[str]:
     if echecker not in FENSE_ECHECKER_URLS:
         return [f"unknown FENSE error detector '{echecker}' (known: {', '.join(FENSE_ECHECKER_URLS)})"]
-    ckpt = _fense_data_dir() / f"{echecker}.ckpt"
+    ckpt = echecker_path(echecker)
     if not ckpt.is_file():
         return [f"the FENSE error detector {ckpt} is missing (from {FENSE_ECHECKER_URLS[echecker]}; FENSE_DATA sets the folder)"]
+    try:
+        verify_echecker(echecker)  # before anything unpickles it
+    except ChecksumMismatchError as err:
+        return [str(err)]
     try:
         import torch
 

@@ -9,9 +9,10 @@ import shutil
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ..errors import MetricUnavailableError
+from .integrity import verify_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,34 @@ SPICE_LIB_JARS: tuple[str, ...] = (
     "slf4j-api-1.7.12.jar",
     "slf4j-simple-1.7.21.jar",
 )
+
+# SHA-256 of each file taken from the pycocoevalcap 1.2 wheel (pycocoevalcap-1.2-py3-none-any.whl, the file
+# PyPI serves: its BLAKE2b-256 08f9466f...dc532b1c93 is PyPI's storage path of it), checked before a file is
+# placed for Java to run, so an altered or corrupt install is refused instead of executed.
+PYCOCOEVALCAP_SHA256: dict[str, str] = {
+    "tokenizer/stanford-corenlp-3.4.1.jar": "2fcb91bb7a111f93d71e264f4ee0e3afd19ba0dde6d21b38605088df9e940399",
+    "meteor/meteor-1.5.jar": "1e57b4c72c0830ebe68558f1c799a624e96cbc1b6045c9f6330e26dcff6eafc2",
+    "meteor/data/paraphrase-en.gz": "c147ac7d2c91f2fbb3ad31e4b352235061eb83145e0434daf217ee9ca5975f48",
+    "spice/spice-1.0.jar": "6c6a73ae6dd108667047c1818707590413934dcb9f1a62cef6469059b41b3d59",
+    "spice/lib/ejml-0.23.jar": "12d44e81fdd661ad2aac6384511facf3d8fa003c3ce8d9cec5f22827d1819a26",
+    "spice/lib/fst-2.47.jar": "8c871febc859cf72dbed1c6c1eebc5600c3d93c3e986feccf4623cc5086098cc",
+    "spice/lib/guava-19.0.jar": "58d4cc2e05ebb012bbac568b032f75623be1cb6fb096f3c60c72a86f7f057de4",
+    "spice/lib/hamcrest-core-1.3.jar": "66fdef91e9739348df7a096aa384a5685f4e875584cce89386a7a47251c4d8e9",
+    "spice/lib/jackson-core-2.5.3.jar": "c9a900c30c702d371be2d3714938dfa6de616599c8eb39f8e3cf7aedd62dfd32",
+    "spice/lib/javassist-3.19.0-GA.jar": "d19c1ef43ccd9cb1b39466bb2f1c8e45c2b6752f1e13a3dfb60096543d1791fa",
+    "spice/lib/json-simple-1.1.1.jar": "4e69696892b88b41c55d49ab2fdcc21eead92bf54acc588c0050596c3b75199c",
+    "spice/lib/junit-4.12.jar": "59721f0805e223d84b90677887d9ff567dc534d7c502ca903c0c2b17f05c116a",
+    "spice/lib/lmdbjni-0.4.6.jar": "f4e8c51eb4ef05abe57d2187e76f5c335e4ef16d8503329eb7dbc5ae7a90529c",
+    "spice/lib/lmdbjni-linux64-0.4.6.jar": "0b7773db873aaeec399a50113c0a4e121df0eff5e724607f7bc8171452107d94",
+    "spice/lib/lmdbjni-osx64-0.4.6.jar": "7d66778037b5689e7c6daf22a7140722f2085da4ae479bceda4a4be487d55460",
+    "spice/lib/lmdbjni-win64-0.4.6.jar": "969c6aa59893b82856a6832da640672b0f23f1d72f70d7b04296c71970d75b79",
+    "spice/lib/Meteor-1.5.jar": "014a3627d277a6f4ba5b44a20733f8dff28bbb428204c36abfda56565658ba09",
+    "spice/lib/objenesis-2.4.jar": "090416e160a7e398f79e0149a7b05ef328b1843898a34e08c1cc170128d326d0",
+    "spice/lib/SceneGraphParser-1.0.jar": "83a1b7c3f896dd135f9539ba41d65b155827dfc312893bfd5bb835c9f9ae310a",
+    "spice/lib/slf4j-api-1.7.12.jar": "0aee9a77a4940d72932b0d0d9557793f872e66a03f598e473f45e7efecdccf99",
+    "spice/lib/slf4j-simple-1.7.21.jar": "a20179cc3ded2d7e2f5def4ccb34b2d0836e2f8c9e79352a6babd6a6559cc8e0",
+}
+_REINSTALL = "reinstall it: pip install --force-reinstall --no-deps pycocoevalcap==1.2"
 
 SETUP_HOW_TO = "run `enclap-metrics setup` (places the jars shipped by the PyPI package pycocoevalcap==1.2)"
 
@@ -134,18 +163,27 @@ def provision_resources(
     cache_dir: str | os.PathLike | None = None,
     *,
     corenlp_jars: Sequence[str | os.PathLike] = (),
+    corenlp_sha256: Mapping[str, str] | None = None,
     copy: bool = False,
 ) -> Path:
     """Place the metrics' jars where aac-metrics looks for them and return the cache dir to give it.
 
     Everything pycocoevalcap ships is linked (``copy=True``: copied) under ``<cache>/aac-metrics/``;
     ``corenlp_jars`` adds SPICE's CoreNLP 3.6.0 jars from ``stanford-corenlp-full-2015-12-09.zip``, the two
-    jars themselves, their folder, or a URL of the zip (downloaded). Idempotent and cheap once done (a few
-    ``stat`` calls), safe with several processes at once (a file lock plus atomic renames), and nothing is
-    written into site-packages. Raises :class:`MetricUnavailableError` when pycocoevalcap is not installed or
-    a CoreNLP source is not what it should be.
+    jars themselves, their folder, or an https URL of the zip (downloaded). Every file is checked against its
+    pinned SHA-256 before it is placed (:data:`PYCOCOEVALCAP_SHA256`; the CoreNLP files against
+    :data:`~enclap.metrics.corenlp.CORENLP_SHA256` updated with ``corenlp_sha256``, ``{file name: SHA-256}``).
+    Idempotent and cheap once done (a few ``stat`` calls), safe with several processes at once (a file lock
+    plus atomic renames), and nothing is written into site-packages. Raises :class:`MetricUnavailableError`
+    (:class:`~enclap.metrics.integrity.ChecksumMismatchError` for a digest) when pycocoevalcap is not
+    installed or a file is not what it should be.
     """
     root = resolve_cache_dir(cache_dir)
+    corenlp_pins = None
+    if corenlp_jars or corenlp_sha256:
+        from .corenlp import corenlp_pins as _corenlp_pins  # the CoreNLP installer builds on this module
+
+        corenlp_pins = _corenlp_pins(corenlp_sha256)  # a malformed pin fails before any work
     source = pycocoevalcap_dir()
     if source is None:
         raise MetricUnavailableError(
@@ -163,12 +201,13 @@ def provision_resources(
     with _provision_lock(root / AAC_DIR):
         for src, dst, cp in todo:
             if not _same_file_content(src, dst):  # another process may have placed it while we waited
+                verify_sha256(src, src.relative_to(source).as_posix(), PYCOCOEVALCAP_SHA256, _REINSTALL)
                 _place(src, dst, copy=cp)
         (root / SPICE_LOCAL_CACHE).mkdir(parents=True, exist_ok=True)
         if corenlp_jars:
-            from .corenlp import _install_corenlp  # the CoreNLP installer builds on this module
+            from .corenlp import _install_corenlp
 
-            placed = _install_corenlp(corenlp_jars, root / SPICE_LIB)
+            placed = _install_corenlp(corenlp_jars, root / SPICE_LIB, corenlp_pins)
             logger.info("placed %s in %s", ", ".join(placed), root / SPICE_LIB)
     return root
 

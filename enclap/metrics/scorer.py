@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError, MetricUnavailableError
 from .availability import metric_availability
-from .fense import FENSE_ECHECKER, FENSE_HOW_TO, FENSE_PENALTY, FENSE_SBERT_MODEL
+from .fense import FENSE_ECHECKER, FENSE_HOW_TO, FENSE_PENALTY, FENSE_SBERT_MODEL, verify_echecker
 from .java import find_java
 from .meteor import MeteorProcess
 from .names import DEFAULT_METRICS, SUPPORTED_METRICS
@@ -163,6 +163,7 @@ class CaptionScorer:
             from aac_metrics.functional.fer import _load_echecker_and_tokenizer
             from aac_metrics.functional.sbert_sim import _load_sbert
 
+            verify_echecker(self.fense_echecker)  # aac-metrics unpickles it and checks no digest of a file in place
             device = self._torch_device()
             sbert = _load_sbert(self.fense_sbert_model, device=device) if {"fense"} & set(self.metrics) else None
             echecker, tokenizer = _load_echecker_and_tokenizer(self.fense_echecker, None, device=device)
