@@ -53,7 +53,7 @@ def test_spice_spider_and_spider_fl_are_wired_like_aac_metrics(monkeypatch, cach
     root = tmp_path / "cache"
     jars = tmp_path / "jars"
     jars.mkdir()
-    M.provision_resources(root, corenlp_jars=[fake_corenlp_jar(jars / n, n) for n in M.CORENLP_JARS])
+    M.provision_resources(root, corenlp_jars=[fake_corenlp_jar(jars / n, n) for n in M.CORENLP_JARS], corenlp_sha256=jar_pins())
     monkeypatch.setenv("FENSE_DATA", str(tmp_path))
     sbert, echecker = tiny_fense_models(tmp_path, monkeypatch)
 
