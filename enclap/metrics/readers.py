@@ -6,7 +6,7 @@ import csv
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..errors import ManifestError
 from .report import ScoreReport
@@ -38,6 +38,17 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return [h.strip() for h in rows[0]], rows[1:]
 
 
+def _complete_rows(rows: list[list[str]], width: int, problems: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, row)`` of the non-blank rows with ``width`` fields; the others go to ``problems``."""
+    for line, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != width:
+            problems.append(f"line {line}: {len(row)} fields, header has {width}")
+            continue
+        yield line, row
+
+
 def read_references_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
     """``(file_paths, references)`` of an evaluation CSV (``file_path,caption_1..caption_N``) or of a training
     CSV (``file_path,caption``, one row per caption, grouped by file). Empty cells are not references."""
@@ -50,12 +61,7 @@ def read_references_csv(path: str | os.PathLike) -> tuple[list[str], list[list[s
     columns = _caption_columns(header)
     grouped: dict[str, list[str]] = {}
     if columns:
-        for line, row in enumerate(rows, start=2):
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                problems.append(f"line {line}: {len(row)} fields, header has {len(header)}")
-                continue
+        for line, row in _complete_rows(rows, len(header), problems):
             name = row[key].strip()
             if name in grouped:
                 problems.append(f"line {line}: '{name}' appears twice")
@@ -63,12 +69,7 @@ def read_references_csv(path: str | os.PathLike) -> tuple[list[str], list[list[s
             grouped[name] = [row[i] for i in columns if row[i].strip()]
     elif "caption" in header:
         col = header.index("caption")
-        for line, row in enumerate(rows, start=2):
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                problems.append(f"line {line}: {len(row)} fields, header has {len(header)}")
-                continue
+        for line, row in _complete_rows(rows, len(header), problems):
             if row[col].strip():
                 grouped.setdefault(row[key].strip(), []).append(row[col])
     else:
