@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from tests.training import make_feature_set
-make_feature_set(Path(sys.argv[1]) / "data", num_train=32, num_val=7)
+make_feature_set(Path(sys.argv[1]) / "data", num_train=64, num_val=7)
 PY
 
+BATCH=$(( 4 * NUM_GPUS ))   # global batch: 4 per GPU
 overrides() {  # $1 output dir, $2 step budget
-  python - "$WORK" "$1" "$2" <<'PY'
+  python - "$WORK" "$1" "$2" "$BATCH" <<'PY'
 import sys
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -35,7 +36,7 @@ from tests.training import tiny_overrides
 root = Path(sys.argv[1]) / "data"
 files = {"store": root / "store", "train_csv": root / "csv" / "train.csv", "val_csv": root / "csv" / "valid.csv"}
 extra = {"train.max_train_steps": sys.argv[3], "train.checkpointing_steps": 5, "train.eval_steps": 5,
-         "train.train_batch_size": 8, "train.mixed_precision": "auto", "validation.metrics": "[cider_d]",
+         "train.train_batch_size": int(sys.argv[4]), "train.mixed_precision": "auto", "validation.metrics": "[cider_d]",
          "train.best_metric": "cider_d", "validation.num_beams": 1, "model.d_model": 64, "model.ffn_dim": 128}
 print("\n".join(tiny_overrides(files, Path(sys.argv[2]), **extra)))
 PY
@@ -50,7 +51,7 @@ for name in fsdp deepspeed_zero2 deepspeed_zero3; do
       train.py "${ARGS[@]}" 2> "$out.$steps.log" || { tail -50 "$out.$steps.log"; echo "gpu_smoke: $name FAILED ($steps steps)" >&2; exit 1; }
   done
   grep -q "resuming from $out/checkpoints/step_10" "$out.20.log" || { echo "gpu_smoke: $name did not resume from step 10" >&2; exit 1; }
-  grep -q "global batch 8 = $NUM_GPUS process(es)" "$out.10.log" || { echo "gpu_smoke: $name: global batch not as configured" >&2; exit 1; }
+  grep -q "global batch $BATCH = $NUM_GPUS process(es)" "$out.10.log" || { echo "gpu_smoke: $name: global batch not as configured" >&2; exit 1; }
   [[ -d "$out/checkpoints/step_20" && -f "$out/final/model.safetensors" && -f "$out/best/model.safetensors" ]] \
     || { echo "gpu_smoke: $name: missing checkpoint step_20 or final/ / best/ export" >&2; exit 1; }
   python evaluate.py --ckpt "$out/final" --features "$WORK/data/store" --test_csv "$WORK/data/csv/valid.csv" \
