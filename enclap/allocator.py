@@ -7,6 +7,13 @@ is over a million page faults, seconds of system time, and it varies with the hi
 allocations (glibc adapts its threshold), which also makes timings noisy. Keeping freed memory in
 the heap removes that cost: after the first step the process reuses its own pages. Peak memory is
 unchanged; the process simply does not shrink between steps.
+
+**Where it is applied.** The policy is process-wide and cannot be undone, so the library never sets it
+on its own: :class:`~enclap.training.loop.Trainer` leaves the allocator as it finds it. The entry points
+whose process is ours apply it: the training command (``train.py`` / ``enclap-train``, in
+:func:`enclap.jobs.train_captioner.main`) and the benchmarks. A library user who wants it in their own
+process calls :func:`retain_freed_memory` before training. ``bench/bench_model.py`` measures one
+training step with and without it.
 """
 
 from __future__ import annotations

@@ -248,6 +248,17 @@ class CaptionPairDataset:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def example_lengths(self) -> list[int]:
+        """Encoder frames of each example as the model sees it (the clip's frames, cropped to ``max_frames``).
+
+        For length-bucketed batches; read from the store's index (``num_frames``), no clip is loaded.
+        """
+        num_frames = getattr(self.store, "num_frames", None)
+        if num_frames is None:
+            raise TypeError(f"the feature store at {describe_store(self.store)} does not index clip lengths (num_frames)")
+        per_clip = {key: min(int(num_frames(key)), self.max_frames) for key in dict.fromkeys(self.keys)}
+        return [per_clip[key] for key in self.keys]
+
     def _address(self, item: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(item, (tuple, list)):
             epoch, index = (int(v) for v in item)

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "training_config.yaml"
 TOKENIZER_DIR = "tokenizer"
 INIT_MODES = ("pretrained", "random")
+AUTO = "auto"
 # Shape keys that only a random initialisation reads (a pretrained model brings its own shape).
 _RANDOM_SHAPE_KEYS = ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim")
 
@@ -112,8 +113,9 @@ class TokenizerConfig:
 class ValidationConfig:
     """Caption-metric validation, on top of the validation loss the loop always computes (on clean codes)."""
 
-    metrics: list[str] = field(default_factory=list)  # e.g. [spider] or [cider_d] ([] = validation loss only)
-    max_clips: int = 200  # caption this many validation clips (0 = all)
+    # [auto]: SPIDEr where SPICE can run here (Java + CoreNLP jars), else CIDEr-D; or e.g. [spider, meteor]; [] = loss only
+    metrics: list[str] = field(default_factory=lambda: [AUTO])
+    max_clips: int = 0  # caption this many validation clips (0 = the whole validation split)
     val_max_target_length: int = 50  # generation: longest caption in tokens
     num_beams: int = 4  # generation: beam size
     batch_size: int = 16  # generation batch size
@@ -199,7 +201,7 @@ class TrainCaptionerConfig:
         if val.metrics:
             from ..metrics import SUPPORTED_METRICS
 
-            unknown = [m for m in val.metrics if m not in SUPPORTED_METRICS]
+            unknown = [m for m in val.metrics if m not in SUPPORTED_METRICS and m != AUTO]
             if unknown:
                 problems.append(f"validation.metrics: unknown {', '.join(unknown)}; known: {', '.join(SUPPORTED_METRICS)}")
             if not data.validation_file:
@@ -207,7 +209,9 @@ class TrainCaptionerConfig:
         if val.max_clips < 0 or val.val_max_target_length < 2 or val.num_beams < 1 or val.batch_size < 1:
             problems.append("validation: max_clips >= 0, val_max_target_length >= 2, num_beams >= 1 and batch_size >= 1 are required")
         best = self.train.best_metric
-        if not best.startswith("val_") and best not in val.metrics:
+        if best == AUTO:
+            pass  # the selection metric of validation.metrics (see selection_metric), else val_loss
+        elif not best.startswith("val_") and best not in val.metrics and AUTO not in val.metrics:
             problems.append(f"train.best_metric={best!r} is neither a validation loss (val_loss...) nor in validation.metrics")
         if best == "val_mcm_loss":
             problems.append(
@@ -220,6 +224,30 @@ class TrainCaptionerConfig:
             problems.append(f"train: {err}")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def resolve_validation_metrics(config: TrainCaptionerConfig) -> tuple[list[str], str]:
+    """``(caption metrics to compute, best_metric)`` with ``auto`` resolved on this machine.
+
+    ``validation.metrics: [auto]`` is SPIDEr when SPICE can run here (Java and the CoreNLP jars) and
+    CIDEr-D otherwise; ``train.best_metric: auto`` is SPIDEr when computed, else CIDEr-D when computed,
+    else the first caption metric, else ``val_loss``. Without a validation manifest there is nothing to caption.
+    """
+    metrics = list(config.validation.metrics)
+    if not config.data.validation_file:
+        metrics = [m for m in metrics if m != AUTO]
+    if AUTO in metrics:
+        from ..metrics import metric_availability
+
+        cache = config.validation.metrics_cache or None
+        chosen = "spider" if metric_availability(["spider"], cache)["spider"].available else "cider_d"
+        if chosen != "spider":
+            logger.info("validation.metrics=auto: SPICE cannot run here, so CIDEr-D (not SPIDEr) picks the best model")
+        metrics = list(dict.fromkeys(chosen if m == AUTO else m for m in metrics))
+    best = config.train.best_metric
+    if best == AUTO:
+        best = next((m for m in ("spider", "cider_d") if m in metrics), metrics[0] if metrics else "val_loss")
+    return metrics, best
 
 
 def load_train_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainCaptionerConfig:
@@ -486,7 +514,7 @@ def run_fingerprint(config: TrainCaptionerConfig, model, tokenizer, train_pairs,
     }
 
 
-def _metric_validation(config: TrainCaptionerConfig, val_store, val_manifest: str):
+def _metric_validation(config: TrainCaptionerConfig, val_store, val_manifest: str, metrics: Sequence[str]):
     from ..data.manifest import read_manifest
     from ..training.captioner import CaptionMetricValidation
 
@@ -498,7 +526,7 @@ def _metric_validation(config: TrainCaptionerConfig, val_store, val_manifest: st
         features,
         [clip.file_path for clip in clips],
         [clip.captions for clip in clips],
-        config.validation.metrics,
+        metrics,
         batch_size=config.validation.batch_size,
         metrics_cache=config.validation.metrics_cache or None,
     )
@@ -585,7 +613,11 @@ def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator |
             val_pairs, encode_captions(tokenizer, [c for _, c in val_pairs], data.max_target_length, source=data.validation_file),
             val_store, train=False, source=data.validation_file, **settings,
         )
-    metric_validation = _metric_validation(config, val_store, data.validation_file) if config.validation.metrics else None
+    metrics, best_metric = resolve_validation_metrics(config)
+    if best_metric not in metrics and not best_metric.startswith("val_"):
+        raise ConfigError(f"train.best_metric={best_metric!r} is not among the validation metrics computed here: {metrics}")
+    config.train.best_metric = best_metric
+    metric_validation = _metric_validation(config, val_store, data.validation_file, metrics) if metrics else None
     from omegaconf import OmegaConf
 
     config_text = OmegaConf.to_yaml(OmegaConf.structured(config))
@@ -667,6 +699,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     quiet_model_loading()
+    # This process is ours (the training command): keep freed memory for reuse; a library caller of
+    # train_captioner() keeps its own allocator policy (see enclap.allocator).
+    from ..allocator import retain_freed_memory
+
+    retain_freed_memory()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise; the loop logs each save
     if rank != 0:
         from transformers.utils import logging as hf_logging
@@ -693,8 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return _signal_exit_code(result.signal)
     if rank == 0:
-        best = f"; best {result.best['metric']}={result.best['value']:.4f} at step {result.best['step']}: {result.best_dir}" if result.best else ""
-        print(f"train: finished {result.global_step} steps; final model: {result.final_dir}{best}", flush=True)
+        print(f"train: finished: {result.summary()}", flush=True)
     return 0
 
 

@@ -1,10 +1,13 @@
 """Training: one model-agnostic loop under Accelerate, and the captioner's task for it.
 
-* :mod:`enclap.training.loop` -- :class:`LoopConfig`, :class:`TrainingTask`, :func:`run_training`
-  (checkpoints, exact resume, validation, best model, logging, signals).
+* :mod:`enclap.training.loop` -- :func:`run_training` / :class:`Trainer` (checkpoints, exact resume,
+  validation, best model, logging); it re-exports the contract of :mod:`enclap.training.contract`
+  (:class:`LoopConfig`, :class:`TrainingTask`, :class:`LossTerms`, :class:`TrainingResult`).
+* :mod:`enclap.training.distributed` -- global batch geometry, the launcher's settings, FSDP / DeepSpeed.
 * :mod:`enclap.training.sampling` -- which examples each process reads: a function of (seed, epoch).
-* :mod:`enclap.training.checkpoints` -- checkpoint directories: atomic commit, discovery, pruning.
-* :mod:`enclap.training.tracking` -- ``train_log.jsonl`` and TensorBoard.
+* :mod:`enclap.training.checkpoints` -- checkpoint directories: atomic commit, discovery, resume policy, pruning.
+* :mod:`enclap.training.tracking` -- ``train_log.jsonl``, TensorBoard, W&B; the throughput window.
+* :mod:`enclap.training.signals` -- SIGINT / SIGTERM: save at the next step boundary.
 * :mod:`enclap.training.captioner` -- the EnCLAP captioner as a task (loss-term sums, caption metrics, export).
 
 The captioner training job (config, command line) is :mod:`enclap.jobs.train_captioner`. Names are
@@ -19,14 +22,15 @@ from typing import Any
 _WHERE = {
     "loop": (
         "BEST_DIR", "FINAL_DIR", "LoopConfig", "LossTerms", "NonFiniteLossError", "Trainer", "TrainingResult",
-        "TrainingTask", "build_scheduler", "make_accelerator", "parameter_groups", "run_training",
+        "TrainingTask", "ValidationContext", "build_scheduler", "parameter_groups", "run_training",
     ),
-    "sampling": ("EpochBatchSampler", "epoch_order", "micro_batches_per_epoch", "shard_indices"),
-    "checkpoints": ("latest_checkpoint", "list_checkpoints", "read_loop_state"),
-    "tracking": ("read_train_log",),
+    "distributed": ("BatchGeometry", "batch_geometry", "make_accelerator", "resolve_mixed_precision"),
+    "sampling": ("EpochBatchSampler", "bucketed_order", "epoch_order", "micro_batches_per_epoch", "shard_indices"),
+    "checkpoints": ("find_checkpoint", "latest_checkpoint", "list_checkpoints", "read_loop_state"),
+    "tracking": ("StepWindow", "read_train_log"),
     "captioner": (
         "CaptionMetricValidation", "CaptionerLossModule", "CaptionerTask", "caption_batch_counts",
-        "captioner_loss_terms", "codebook_cross_entropy_sums",
+        "captioner_loss_terms",
     ),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}

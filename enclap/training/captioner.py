@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.dataset import IGNORE_INDEX, CaptionCollator
-from .loop import LossTerms, TrainingTask
+from .loop import LossTerms, TrainingTask, ValidationContext
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -46,19 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODEL_INPUT_KEYS = ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")
-
-
-def codebook_cross_entropy_sums(heads: Sequence[nn.Module], hidden: torch.Tensor, mcm_labels: torch.Tensor) -> torch.Tensor:
-    """``(num_codebooks,)``: summed cross-entropy of head ``i`` over the positions where ``mcm_labels[..., i]`` is set."""
-    # One gather of every labelled (position, codebook) pair, grouped by codebook, as the model does.
-    head_index, batch_index, time_index = (mcm_labels != IGNORE_INDEX).permute(2, 0, 1).nonzero(as_tuple=True)
-    counts = torch.bincount(head_index, minlength=len(heads)).tolist()
-    rows = hidden[batch_index, time_index].split(counts)
-    targets = mcm_labels[batch_index, time_index, head_index].split(counts)
-    # An empty selection sums to 0 and keeps the head in the graph (DDP expects every parameter used).
-    return torch.stack(
-        [F.cross_entropy(head(rows[i]).float(), targets[i], reduction="sum") for i, head in enumerate(heads)]
-    )
 
 
 class CaptionerLossModule(nn.Module):
@@ -90,17 +76,9 @@ class CaptionerLossModule(nn.Module):
             decoder_input_ids=decoder_input_ids,
             use_cache=False,
         )
-        logits = outputs.logits
-        caption_sum = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1).to(logits.device),
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=float(config.label_smoothing),
-            reduction="sum",
-        )
-        codec_sums = codebook_cross_entropy_sums(
-            self.captioner.mcm_heads, outputs.encoder_last_hidden_state, mcm_labels.to(logits.device)
-        )
+        # The model's own loss functions, as sums (one implementation of each: the model's).
+        caption_sum = self.captioner.caption_loss(outputs.logits.float(), labels, reduction="sum")
+        codec_sums, _ = self.captioner.codebook_cross_entropy_sums(outputs.encoder_last_hidden_state, mcm_labels)
         return torch.cat([caption_sum.reshape(1), codec_sums])
 
 
@@ -119,7 +97,13 @@ def captioner_loss_terms(config) -> LossTerms:
 
 
 class CaptionMetricValidation:
-    """Caption up to N validation clips with the pipeline and score them (e.g. SPIDEr, CIDEr-D)."""
+    """Caption the validation clips with the pipeline, on every process's share, and score them once (e.g. SPIDEr).
+
+    :meth:`caption` runs the pipeline (the same code, batch size and generation settings as
+    ``evaluate.py``) on the clips this process holds; :meth:`score` takes the captions of every clip,
+    in order, and returns :class:`~enclap.metrics.CaptionScorer`'s corpus scores, the figures
+    ``evaluate.py`` prints for the same checkpoint.
+    """
 
     def __init__(
         self,
@@ -147,13 +131,24 @@ class CaptionMetricValidation:
                 "validation metric(s) cannot run here: " + "; ".join(f"{name}: {why}" for name, why in unavailable.items())
             )
 
-    def __call__(self, captioner, tokenizer, settings: "PipelineSettings") -> dict[str, float]:
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def caption(self, captioner, tokenizer, settings: "PipelineSettings", indices: Sequence[int]) -> list[str]:
+        """Captions of the clips ``indices`` (in that order)."""
         from ..pipeline import CaptioningPipeline
 
+        if not indices:
+            return []
         device = next(captioner.parameters()).device
         pipeline = CaptioningPipeline(captioner, tokenizer, None, settings=settings, device=str(device), batch_size=self.batch_size)
-        captions = pipeline.caption_features(self.clips, names=self.names)
-        report = self.scorer.score(captions, self.references)
+        return pipeline.caption_features([self.clips[i] for i in indices], names=[self.names[i] for i in indices])
+
+    def score(self, captions: Sequence[str]) -> dict[str, float]:
+        """Corpus scores of one caption per clip (all clips, in order)."""
+        if len(captions) != len(self.clips):
+            raise ValueError(f"{len(captions)} captions for {len(self.clips)} validation clips")
+        report = self.scorer.score(list(captions), self.references)
         return {name: float(value) for name, value in report.corpus.items()}
 
 
@@ -197,6 +192,10 @@ class CaptionerTask(TrainingTask):
     def counts(self, batch: dict[str, Any]) -> torch.Tensor:
         return caption_batch_counts(batch)
 
+    def example_lengths(self) -> list[int] | None:
+        lengths = getattr(self.train_dataset, "example_lengths", None)
+        return lengths() if callable(lengths) else None
+
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {key: batch[key] for key in MODEL_INPUT_KEYS}
 
@@ -209,20 +208,52 @@ class CaptionerTask(TrainingTask):
     def validation_metric_names(self) -> set[str]:
         return set(self.metric_validation.metrics) if self.metric_validation else set()
 
-    def extra_validation(self, module: nn.Module, step: int) -> dict[str, float]:
-        if self.metric_validation is None:
+    def extra_validation(self, module: nn.Module, step: int, context: ValidationContext) -> dict[str, float]:
+        """Every process captions its share of the clips; the main process scores all of them once."""
+        validation = self.metric_validation
+        if validation is None:
             return {}
-        return self.metric_validation(module.captioner, self.tokenizer, self.pipeline_settings)
+        indices = context.shard(len(validation))
+        captions = validation.caption(module.captioner, self.tokenizer, self.pipeline_settings, indices)
+        gathered = context.gather(list(zip(indices, captions)))
+        if not context.is_main_process:
+            return {}
+        return validation.score(context.merge(gathered, len(validation)))
 
-    def export(self, module: nn.Module, directory: Path) -> None:
-        """A directory :meth:`CaptioningPipeline.from_pretrained` (and ``evaluate.py --ckpt``) loads."""
+    def export(self, module: nn.Module, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
+        """A directory :meth:`CaptioningPipeline.from_pretrained` (and ``evaluate.py --ckpt``) loads.
+
+        ``state_dict`` (the loss module's full weights, gathered by the loop) is what is written; the
+        live module may hold only this process's shards (FSDP, ZeRO-3).
+        """
         from ..pipeline import CaptioningPipeline
 
         captioner = module.captioner
+        if state_dict is not None:
+            prefix = "captioner."
+            weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            captioner = type(captioner)(captioner.config)  # a CPU copy of the full weights, whatever the sharding
+            missing, unexpected = captioner.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if k not in _tied_keys(captioner)]
+            if missing or unexpected:
+                raise RuntimeError(f"export: the gathered state dict does not fit the captioner (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            captioner.tie_weights()
+            captioner.eval()
         device = next(captioner.parameters()).device
         CaptioningPipeline(captioner, self.tokenizer, None, settings=self.pipeline_settings, device=str(device)).save_pretrained(directory)
         for name, text in self.export_files.items():
             (Path(directory) / name).write_text(text)
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """Parameter names a state dict may leave out because they share storage with another (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(name)
+        seen.setdefault(id(tensor), name)
+    return tied
 
 
 __all__ = [
@@ -231,5 +262,4 @@ __all__ = [
     "CaptionerTask",
     "caption_batch_counts",
     "captioner_loss_terms",
-    "codebook_cross_entropy_sums",
 ]

@@ -6,6 +6,7 @@ Layout under a run's output directory::
         model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl   (accelerator.save_state)
         loop_state.json                epoch, position in the epoch, best metric, what the run was (fingerprint)
     checkpoints/.tmp-step_<n>/         a checkpoint being written (never read)
+    checkpoints/abandoned/step_<n>/    checkpoints after the one a ``resume=<dir>`` went back to (never resumed)
 
 A checkpoint is written completely into a temporary directory, flushed to disk, and renamed into place:
 a reader sees a whole checkpoint or none. Replacing a directory that already exists (the same step saved
@@ -134,14 +135,96 @@ def read_loop_state(directory: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` most recent checkpoints (``keep`` <= 0 keeps all); returns what was removed."""
+ABANDONED_DIR = "abandoned"
+
+
+def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path | None:
+    """The checkpoint a run with ``resume`` (``auto`` | ``never`` | a directory) continues, or None (a fresh run)."""
+    from ..errors import ConfigError
+
+    existing = list_checkpoints(output_dir)
+    if resume == "auto":
+        return existing[-1][1] if existing else None
+    if resume == "never":
+        if existing:
+            raise ConfigError(
+                f"{output_dir} already holds checkpoints (latest: {existing[-1][1].name}) and resume=never: "
+                "rerun with resume=auto to continue that run, or choose another output_dir to start over"
+            )
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"resume={resume!r}: no such checkpoint directory")
+    return path
+
+
+def set_aside_later_checkpoints(output_dir: str | os.PathLike, resumed: Path) -> list[Path]:
+    """Move this run's checkpoints of steps after ``resumed`` to ``checkpoints/abandoned/``.
+
+    Resuming from an older checkpoint abandons the history after it; left in place, the next
+    ``resume=auto`` would continue the abandoned run. Kept (not deleted), in case the choice was a mistake.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    try:
+        if Path(resumed).resolve().parent != root.resolve():
+            return []  # a checkpoint of another directory: this directory's own history is not its future
+    except OSError:
+        return []
+    match = _STEP_DIR.match(Path(resumed).name)
+    if not match:
+        return []
+    moved = []
+    for step, path in list_checkpoints(output_dir):
+        if step > int(match.group(1)):
+            target = root / ABANDONED_DIR / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(path, target)
+            moved.append(target)
+    if moved:
+        fsync_dir(root)
+    return moved
+
+
+def checkpoint_metric(path: Path, metric: str) -> float | None:
+    """The value of ``metric`` measured at this checkpoint's own step (None when it was not validated there)."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("validation_step") != state.get("global_step"):
+        return None
+    value = (state.get("last_validation") or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def prune_checkpoints(
+    output_dir: str | os.PathLike,
+    keep: int,
+    *,
+    keep_best: int = 0,
+    metric: str | None = None,
+    greater_is_better: bool = False,
+) -> list[Path]:
+    """Delete all but the ``keep`` most recent checkpoints and the ``keep_best`` best by ``metric``.
+
+    ``keep`` <= 0 keeps all. Only checkpoints validated at their own step compete for the best; ties
+    keep the earlier step. Returns what was removed.
+    """
     if keep <= 0:
         return []
+    found = list_checkpoints(output_dir)
+    kept = {path for _, path in found[-keep:]}
+    if keep_best > 0 and metric:
+        scored = [(value, step, path) for step, path in found if (value := checkpoint_metric(path, metric)) is not None]
+        scored.sort(key=lambda item: ((-item[0] if greater_is_better else item[0]), item[1]))
+        kept.update(path for _, _, path in scored[:keep_best])
     removed = []
-    for _, path in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+    for _, path in found:
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -167,15 +250,19 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
 
 
 __all__ = [
+    "ABANDONED_DIR",
     "CHECKPOINTS_DIR",
     "STATE_FILE",
     "checkpoint_dir",
+    "checkpoint_metric",
     "commit_directory",
+    "find_checkpoint",
     "fingerprint_differences",
     "latest_checkpoint",
     "list_checkpoints",
     "prune_checkpoints",
     "read_loop_state",
     "remove_stale_temporaries",
+    "set_aside_later_checkpoints",
     "write_loop_state",
 ]

@@ -17,10 +17,16 @@ the per-batch losses.
 
 Around that:
 
-* **Accelerate**: ``Accelerator(cpu=..., mixed_precision=...)`` prepares the module (DDP when launched
-  with several processes), the optimizer and the scheduler. Data is sharded here, not by Accelerate:
-  :class:`~enclap.training.sampling.EpochBatchSampler` gives every process a disjoint part of each
-  global micro-batch (no padding by repeated examples), in an order that depends only on (seed, epoch).
+* **batches are global**: ``train_batch_size`` examples per optimizer step over every process, as the
+  reference's recipes mean it; the per-device batch and the accumulation are derived from the number of
+  processes (:mod:`enclap.training.distributed`), and the log and the result say the effective geometry.
+* **Accelerate**: the launcher's mixed precision and accumulation are honoured (see
+  :mod:`~enclap.training.distributed`); the prepared module runs every forward (DDP, FSDP or DeepSpeed from
+  ``accelerate launch --config_file``); accumulation goes through ``accelerator.accumulate`` (DeepSpeed's
+  engine steps at its boundary); exports use ``accelerator.get_state_dict`` on every process. Data is
+  sharded here, not by Accelerate: :class:`~enclap.training.sampling.EpochBatchSampler` gives every process
+  a disjoint part of each global micro-batch (no padding by repeated examples), in an order that depends
+  only on (seed, epoch, global batch); optionally length-bucketed. DataLoader workers persist across epochs.
 * **optimizer / schedule**: AdamW without weight decay on biases and normalisation weights (chosen by
   module type: the reference's name list misses BART's ``layernorm_embedding``); any warm-up schedule of
   ``transformers.get_scheduler``, including the reference's ``inverse_sqrt`` with ``time_scale``;
@@ -29,46 +35,67 @@ Around that:
   epoch end, at the end, and when stopped by SIGTERM / SIGINT (at the next step boundary; a second
   Ctrl-C aborts at once). ``accelerator.save_state`` (model, optimizer, scheduler, every process's
   RNG states) plus ``loop_state.json`` (epoch, position in the epoch, best metric, log window,
-  fingerprint), written to a temporary directory and renamed; the last ``checkpoints_total_limit`` are kept.
+  fingerprint), written to a temporary directory and renamed; the last ``checkpoints_total_limit`` are
+  kept, and the ``keep_best_checkpoints`` best by ``best_metric`` besides.
 * **resume**: ``resume=auto`` continues from the latest checkpoint when the same command is run again,
-  skipping the batches already seen (the sampler order is a function of seed and epoch), so the run
-  continues exactly as if it had never stopped. A checkpoint of a run that differs in what matters
-  (the task's fingerprint: model shape, data...; seed; batch geometry; number of processes) is refused
-  with the differences listed. Other settings may change and are logged; optimizer settings (learning
-  rate, schedule, weight decay...) then apply from the resumed step on, e.g. to continue a diverged run
-  at a lower learning rate. ``resume=never`` refuses an output directory that holds checkpoints;
-  ``resume=<dir>`` names one.
-* **validation**: loss on the validation set each epoch (and every ``eval_steps``), summed over
-  processes without counting any example twice; the task may add metrics (e.g. caption scores); the
-  best value of ``best_metric`` is tracked and the task exports the model at each new best.
+  skipping the examples already seen, so the run continues exactly as if it had never stopped, also on
+  another number of processes when the global batch is the same (data-parallel DDP; FSDP / DeepSpeed
+  checkpoints hold per-process shards and are refused on another process count). A checkpoint of a run that differs in what matters
+  (the task's fingerprint: model shape, data...; seed; global batch) is refused with the differences
+  listed. Other settings may change and are logged; optimizer settings (learning rate, schedule, weight
+  decay...) then apply from the resumed step on. ``resume=never`` refuses an output directory that holds
+  checkpoints; ``resume=<dir>`` names one, and the checkpoints after it are set aside in
+  ``checkpoints/abandoned/`` so that a later ``resume=auto`` does not pick the abandoned history.
+* **validation** (on every process): loss on the validation set each epoch (and every ``eval_steps``),
+  summed over processes without counting any example twice; the task may add metrics (e.g. caption
+  scores computed on every process's share and gathered); the best value of ``best_metric`` is tracked
+  and the task exports the model at each new best.
 * **safety**: a non-finite loss or gradient norm stops the run with :class:`NonFiniteLossError`
-  naming the step, before the weights change; the last checkpoint stays as it was.
-* **logging**: tqdm on the main process, ``train_log.jsonl`` and TensorBoard (loss and its parts,
-  learning rate, gradient norm, throughput).
+  naming the step, before the weights change (under DeepSpeed the engine steps inside ``backward``, so
+  the check comes after that step); the last checkpoint stays as it was.
+* **logging**: tqdm on the main process, ``train_log.jsonl``, TensorBoard and W&B (loss and its parts,
+  learning rate, gradient norm, throughput of the training steps alone); a final summary line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, ConfigError, EnclapError
+from ..errors import CheckpointError, ConfigError
 from . import checkpoints as ckpt
-from .sampling import EpochBatchSampler, micro_batches_per_epoch, shard_indices
-from .tracking import REPORT_TO, TrainingLog
+from .contract import (
+    _SCHEDULES_USING_TOTAL,
+    SCHEDULERS,
+    LoopConfig,
+    LossTerms,
+    NonFiniteLossError,
+    TrainingResult,
+    TrainingTask,
+    ValidationContext,
+    _takes,
+)
+from .distributed import (
+    MIXED_PRECISION,
+    batch_geometry,
+    configure_deepspeed,
+    distributed_type,
+    full_parameters,
+    is_sharded,
+    launcher_gradient_accumulation,
+    make_accelerator,
+)
+from .sampling import EpochBatchSampler, ReusableBatchSampler, micro_batches_per_epoch, shard_indices
+from .signals import StopSignals, ignore_signals_in_worker
+from .tracking import StepWindow, TrainingLog
 
 if TYPE_CHECKING:
     import torch
@@ -79,203 +106,6 @@ logger = logging.getLogger(__name__)
 FINAL_DIR = "final"
 BEST_DIR = "best"
 EXPORT_STATE_FILE = "training_state.json"
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-)
-# Schedules whose learning rate at a step depends on the total number of steps.
-_SCHEDULES_USING_TOTAL = ("linear", "cosine", "cosine_with_restarts", "polynomial")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-class NonFiniteLossError(EnclapError):
-    """The loss or the gradient norm became NaN or infinite; the weights were not updated."""
-
-
-@dataclass
-class LoopConfig:
-    """Settings of the training loop (keys and defaults follow the reference's ``cfg/clotho/base.yaml``)."""
-
-    num_train_epochs: int = 15
-    max_train_steps: int | None = None  # optimizer steps; overrides num_train_epochs when set
-    per_device_train_batch_size: int = 64
-    per_device_eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 4e-5  # peak learning rate
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "inverse_sqrt"
-    num_warmup_steps: int = 1000
-    time_scale: int | None = None  # inverse_sqrt only: steps over which the rate halves after warm-up (default: warm-up length)
-    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    cpu: bool = False  # train on CPU even when a GPU is present
-    checkpointing_steps: str = "epoch"  # "epoch": at epoch ends only; N: also every N optimizer steps
-    checkpoints_total_limit: int = 3  # keep the last K checkpoints (0: all)
-    resume: str = "auto"  # auto | never | <checkpoint directory>
-    eval_steps: int = 0  # also validate every N optimizer steps (0: at epoch ends only)
-    best_metric: str = "val_loss"  # validation figure that picks the best model (*loss: lower is better)
-    logging_steps: int = 10  # average and log the training figures every N steps
-    report_to: str = "tensorboard"  # tensorboard | none (train_log.jsonl is always written)
-    dataloader_num_workers: int = 2  # data loading processes per training process
-    progress: bool = True  # tqdm progress bar on the main process
-
-    def validate(self) -> None:
-        problems = []
-        for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_train_steps is not None and self.max_train_steps < 1:
-            problems.append(f"max_train_steps must be >= 1 or null, got {self.max_train_steps}")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.adam_epsilon <= 0:
-            problems.append("adam_beta1/adam_beta2 must be in [0, 1) and adam_epsilon > 0")
-        if self.lr_scheduler_type not in SCHEDULERS:
-            problems.append(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler_type!r}")
-        if self.num_warmup_steps < 0:
-            problems.append(f"num_warmup_steps must be >= 0, got {self.num_warmup_steps}")
-        if self.time_scale is not None and (self.time_scale < 1 or self.lr_scheduler_type != "inverse_sqrt"):
-            problems.append("time_scale must be >= 1 and is only used with lr_scheduler_type=inverse_sqrt")
-        if self.max_grad_norm < 0:
-            problems.append(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        if self.checkpointing_steps != "epoch" and not (str(self.checkpointing_steps).isdigit() and int(self.checkpointing_steps) > 0):
-            problems.append(f"checkpointing_steps must be 'epoch' or a positive number of steps, got {self.checkpointing_steps!r}")
-        if self.checkpoints_total_limit < 0:
-            problems.append(f"checkpoints_total_limit must be >= 0 (0 keeps all), got {self.checkpoints_total_limit}")
-        if not self.resume:
-            problems.append("resume must be auto, never or a checkpoint directory")
-        if self.eval_steps < 0:
-            problems.append(f"eval_steps must be >= 0, got {self.eval_steps}")
-        if self.report_to not in REPORT_TO:
-            problems.append(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
-        if self.dataloader_num_workers < 0:
-            problems.append(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
-        if not self.best_metric:
-            problems.append("best_metric must name a validation figure, e.g. val_loss")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @property
-    def checkpoint_every(self) -> int:
-        """Steps between periodic checkpoints (0: epoch ends only)."""
-        return 0 if self.checkpointing_steps == "epoch" else int(self.checkpointing_steps)
-
-    @property
-    def greater_is_better(self) -> bool:
-        """Losses are minimised; every other figure (caption scores) is maximised."""
-        return not self.best_metric.endswith("loss")
-
-
-@dataclass
-class LossTerms:
-    """How a module's loss-term sums combine: ``weights[t]`` per term, named groups of terms for logging."""
-
-    weights: list[float]
-    groups: dict[str, list[int]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        covered = sorted(i for members in self.groups.values() for i in members)
-        if any(not 0 <= i < len(self.weights) for i in covered):
-            raise ValueError(f"loss groups {self.groups} name terms outside 0..{len(self.weights) - 1}")
-
-
-class TrainingTask:
-    """What a model brings to the loop. Subclass and set/override the members below.
-
-    - ``module``: ``forward(**model_inputs(batch))`` returns the loss-term sums, shape ``(num_terms,)``.
-    - ``loss_terms``: the weights and named groups of those terms.
-    - ``train_dataset`` / ``val_dataset``: map-style data sets; training items are ``(epoch, index)``,
-      validation items plain indices. ``collate_fn`` batches their items into dicts of tensors.
-    - ``counts(batch)``: ``(num_terms,)`` float64: how many items each term's sum runs over.
-    """
-
-    module: "torch.nn.Module"
-    loss_terms: LossTerms
-    train_dataset: Any
-    val_dataset: Any = None
-    collate_fn: Callable[[list], dict] | None = None
-
-    def counts(self, batch: dict[str, Any]) -> "torch.Tensor":
-        raise NotImplementedError
-
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The part of a batch the module's ``forward`` takes (default: all of it)."""
-        return batch
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What must not change when a run is resumed (model shape, data identity...), JSON-serialisable."""
-        return {}
-
-    def run_files(self) -> dict[str, str]:
-        """Files (name -> text) written into the output directory once the run is accepted (fresh, or resumable)."""
-        return {}
-
-    def validation_metric_names(self) -> set[str]:
-        """Names :meth:`extra_validation` can return (so that ``best_metric`` can be checked up front)."""
-        return set()
-
-    def extra_validation(self, module: "torch.nn.Module", step: int) -> dict[str, float]:
-        """Further validation figures, computed on the main process with the unwrapped module in eval mode."""
-        return {}
-
-    def export(self, module: "torch.nn.Module", directory: Path) -> None:
-        """Write a usable model (e.g. a pipeline directory) of the unwrapped module into ``directory``."""
-
-
-@dataclass
-class TrainingResult:
-    """How a run ended. ``status`` is ``"completed"`` or ``"interrupted"`` (a signal; resumable)."""
-
-    status: str
-    global_step: int
-    total_steps: int
-    epoch: int
-    output_dir: Path
-    last_checkpoint: Path | None
-    final_dir: Path | None = None
-    best_dir: Path | None = None
-    best: dict[str, Any] | None = None
-    last_validation: dict[str, float] | None = None
-    resumed_from: Path | None = None
-    signal: str | None = None
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def make_accelerator(config: LoopConfig) -> "Accelerator":
-    """An Accelerator for ``config`` (CPU when asked, or when ``ACCELERATE_USE_CPU`` is set by the launcher).
-
-    The scheduler is stepped once per optimizer step by the loop itself (Accelerate would otherwise
-    step it once per process). In a single process, a state left by an earlier run with another
-    mixed-precision setting is replaced rather than refused.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    env_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"}
-    existing = AcceleratorState._shared_state
-    if existing and existing.get("_mixed_precision") not in (None, config.mixed_precision):
-        if PartialState().num_processes == 1:
-            AcceleratorState._reset_state()
-    return Accelerator(
-        cpu=config.cpu or env_cpu,
-        mixed_precision=config.mixed_precision,
-        step_scheduler_with_optimizer=False,
-    )
 
 
 def parameter_groups(module: "torch.nn.Module", weight_decay: float) -> list[dict[str, Any]]:
@@ -327,39 +157,6 @@ def _batch_size(batch: dict[str, Any]) -> int:
     raise ValueError("a batch must hold at least one tensor with a batch dimension")
 
 
-def _ignore_signals_in_worker(_worker_id: int) -> None:
-    # A terminal's Ctrl-C reaches every process of the group; the loader workers must keep serving
-    # batches until the main process has saved its checkpoint at the next step boundary.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class _StopSignals:
-    """SIGINT / SIGTERM -> a flag checked at step boundaries; a second signal aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread; the caller handles stopping
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.requested is not None:
-            raise KeyboardInterrupt(f"second {name}: stopping without saving")
-        self.requested = name
-        logger.warning("%s received: saving a checkpoint at the end of this step, then stopping (again to abort)", name)
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -382,11 +179,13 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.seed = int(seed)
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
-        self._signals = _StopSignals()
+        self._signals = StopSignals()
         self._stop_requested_by_call = False
         known = {"val_loss"} | {f"val_{group}" for group in task.loss_terms.groups} | task.validation_metric_names()
         if config.best_metric not in known:
             raise ConfigError(f"best_metric {config.best_metric!r} is not a validation figure of this run; known: {', '.join(sorted(known))}")
+        if config.length_bucketing and task.example_lengths() is None:
+            raise ConfigError("length_bucketing=true, but this task gives no example lengths (TrainingTask.example_lengths)")
 
     # ------------------------------------------------------------------ public
     def request_stop(self) -> None:
@@ -398,13 +197,11 @@ class Trainer:
         return self.accelerator.is_main_process
 
     def run(self) -> TrainingResult:
-        """Train (or resume) until the step budget is spent or a stop is requested."""
-        if self.accelerator.device.type == "cpu":
-            # Each step frees and re-allocates the same large activations; by default glibc returns
-            # them to the kernel and page-faults them back (seconds per step at BART-base size).
-            from ..allocator import retain_freed_memory
+        """Train (or resume) until the step budget is spent or a stop is requested.
 
-            retain_freed_memory()
+        The process's memory allocator is left alone: the training entry point (``train.py`` /
+        ``enclap-train``) sets its own policy (:func:`enclap.allocator.retain_freed_memory`).
+        """
         self._signals.install()
         try:
             return self._run()
@@ -416,31 +213,51 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         self.num_processes = acc.num_processes
         self.process_index = acc.process_index
-        self.global_micro_batch = cfg.per_device_train_batch_size * self.num_processes
+        launcher = launcher_gradient_accumulation()
+        if distributed_type(acc) == "DEEPSPEED":
+            configured = (acc.state.deepspeed_plugin.deepspeed_config or {}).get("gradient_accumulation_steps", "auto")
+            if configured not in ("auto", None):
+                launcher = int(configured)
+        self.geometry = batch_geometry(
+            cfg.train_batch_size,
+            self.num_processes,
+            per_device=cfg.per_device_train_batch_size,
+            accumulation=cfg.gradient_accumulation_steps,
+            launcher_accumulation=launcher,
+        )
+        self.accumulation = self.geometry.accumulation
+        self.global_micro_batch = self.geometry.global_micro_batch
         num_examples = len(self.task.train_dataset)
         self.micro_batches = micro_batches_per_epoch(num_examples, self.global_micro_batch, self.num_processes)
         if self.micro_batches == 0:
             raise ConfigError(
                 f"the training set has {num_examples} example(s): fewer than the {self.num_processes} processes need"
             )
-        dropped = num_examples - min(num_examples, self.micro_batches * self.global_micro_batch)
+        self.examples_per_epoch = min(num_examples, self.micro_batches * self.global_micro_batch)
+        dropped = num_examples - self.examples_per_epoch
         if dropped:
             logger.warning("the last %d example(s) of each epoch's order are left out: fewer than one per process", dropped)
-        accumulation = cfg.gradient_accumulation_steps
-        self.steps_per_epoch = math.ceil(self.micro_batches / accumulation)
+        self.steps_per_epoch = math.ceil(self.micro_batches / self.accumulation)
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.lengths = self.task.example_lengths() if cfg.length_bucketing else None
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must share with the checkpoint's run."""
+        """What a resumed run must share with the checkpoint's run.
+
+        The examples of each step are a function of (seed, epoch, global batch) alone; the number of
+        processes and the accumulation may change (``steps_per_epoch`` / ``examples_per_epoch`` catch
+        the one case where they change an epoch: a last partial micro-batch too small for every process).
+        """
         cfg = self.config
         return {
             "loop": {
                 "seed": self.seed,
-                "num_processes": self.num_processes,
-                "global_micro_batch": self.global_micro_batch,
-                "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+                "train_batch_size": cfg.train_batch_size,
                 "num_train_examples": len(self.task.train_dataset),
+                "steps_per_epoch": self.steps_per_epoch,
+                "examples_per_epoch": self.examples_per_epoch,
+                **({"length_bucketing": {"window": cfg.bucket_window}} if cfg.length_bucketing else {}),
             },
             "task": self.task.fingerprint(),
         }
@@ -456,27 +273,12 @@ class Trainer:
             eps=cfg.adam_epsilon,
         )
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        configure_deepspeed(self.accelerator, self.geometry, cfg.max_grad_norm)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.task.module, optimizer, scheduler)
         self.device = self.accelerator.device
         weights = torch.tensor(self.task.loss_terms.weights, dtype=torch.float64)
         self.term_weights = weights.to(self.device)
-
-    def _find_checkpoint(self) -> Path | None:
-        resume = self.config.resume
-        existing = ckpt.list_checkpoints(self.output_dir)
-        if resume == "auto":
-            return existing[-1][1] if existing else None
-        if resume == "never":
-            if existing:
-                raise ConfigError(
-                    f"{self.output_dir} already holds checkpoints (latest: {existing[-1][1].name}) and resume=never: "
-                    "rerun with resume=auto to continue that run, or choose another output_dir to start over"
-                )
-            return None
-        path = Path(resume).expanduser()
-        if not path.is_dir():
-            raise CheckpointError(f"resume={resume!r}: no such checkpoint directory")
-        return path
+        self._build_loaders()
 
     def _load_checkpoint(self, path: Path) -> dict[str, Any]:
         import torch
@@ -489,6 +291,21 @@ class Trainer:
                 f"{path} was saved by a run that differs from this one in what matters for resuming:\n  - "
                 + "\n  - ".join(differences)
                 + f"\nRestore those settings to resume it, or start a new run in another output_dir (or with resume=never there)."
+            )
+        saved_processes = int(state.get("num_processes", self.num_processes))
+        same_processes = saved_processes == self.num_processes
+        if not same_processes:
+            saved_kind = state.get("distributed_type", "")
+            if saved_kind in ("FSDP", "DEEPSPEED") or is_sharded(self.accelerator):
+                raise CheckpointError(
+                    f"{path} was saved by {saved_processes} process(es) under {saved_kind or distributed_type(self.accelerator)}, "
+                    f"this run has {self.num_processes}: sharded model and optimizer states are split per process and do not "
+                    f"load on another count. Resume on {saved_processes} process(es), or export the weights and fine-tune from them."
+                )
+            logger.warning(
+                "resuming a checkpoint of %d process(es) on %d: the same global batch of %d, so the same examples per step; "
+                "the dropout random streams cannot continue exactly and start afresh from the seed",
+                saved_processes, self.num_processes, self.config.train_batch_size,
             )
         changed = ckpt.fingerprint_differences(state.get("settings", {}), dataclasses.asdict(self.config))
         changed = [c for c in changed if not c.startswith("resume:")]
@@ -507,15 +324,28 @@ class Trainer:
                 "resume from the one before, or pass resume=<another checkpoint>."
             ) from err
         self._apply_optimizer_settings()
-        rng_file = path / f"random_states_{self.process_index}.pkl"
-        try:
-            saved = accelerate_load(str(rng_file))
-            restored = torch.equal(saved["torch_manual_seed"], torch.get_rng_state())
-        except Exception as err:
-            raise CheckpointError(f"{rng_file}: the random states cannot be read ({type(err).__name__}: {err})") from err
-        if not restored:
-            # accelerate only logs a failure to restore them; without them the run would not continue exactly.
-            raise CheckpointError(f"{rng_file}: the random states were not restored")
+        if same_processes:
+            rng_file = path / f"random_states_{self.process_index}.pkl"
+            try:
+                saved = accelerate_load(str(rng_file))
+                restored = torch.equal(saved["torch_manual_seed"], torch.get_rng_state())
+            except Exception as err:
+                raise CheckpointError(f"{rng_file}: the random states cannot be read ({type(err).__name__}: {err})") from err
+            if not restored:
+                # accelerate only logs a failure to restore them; without them the run would not continue exactly.
+                raise CheckpointError(f"{rng_file}: the random states were not restored")
+        else:
+            from accelerate.utils import set_seed
+
+            set_seed(self.seed + int(state["global_step"]), device_specific=True)
+        if "examples_into_epoch" in state:
+            into, rest = divmod(int(state["examples_into_epoch"]), self.global_micro_batch)
+            if rest:
+                raise CheckpointError(
+                    f"{path}: saved {state['examples_into_epoch']} examples into epoch {state['epoch']}, which is not a whole "
+                    f"number of this run's global micro-batches of {self.global_micro_batch}"
+                )
+            state["micro_batch"] = into
         return state
 
     def _apply_optimizer_settings(self) -> None:
@@ -540,31 +370,56 @@ class Trainer:
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     # ------------------------------------------------------------------ data
-    def _train_loader(self, epoch: int, start: int):
+    def _build_loaders(self) -> None:
+        """One training and one validation DataLoader for the whole run: their workers persist across epochs."""
         import torch
         from torch.utils.data import DataLoader
 
-        sampler = EpochBatchSampler(
-            len(self.task.train_dataset),
-            self.global_micro_batch,
-            seed=self.seed,
-            epoch=epoch,
-            process_index=self.process_index,
-            num_processes=self.num_processes,
-            start=start,
-        )
         workers = self.config.dataloader_num_workers
-        return DataLoader(
+        self._train_sampler = ReusableBatchSampler(
+            lambda epoch, start: EpochBatchSampler(
+                len(self.task.train_dataset),
+                self.global_micro_batch,
+                seed=self.seed,
+                epoch=epoch,
+                process_index=self.process_index,
+                num_processes=self.num_processes,
+                start=start,
+                lengths=self.lengths,
+                step_batch_size=self.config.train_batch_size if self.lengths is not None else None,
+                bucket_window=self.config.bucket_window,
+            )
+        )
+        self._train_loader = DataLoader(
             self.task.train_dataset,
-            batch_sampler=sampler,
+            batch_sampler=self._train_sampler,
             collate_fn=self.task.collate_fn,
             num_workers=workers,
-            worker_init_fn=_ignore_signals_in_worker if workers else None,
+            worker_init_fn=ignore_signals_in_worker if workers else None,
+            persistent_workers=workers > 0,
             # Its own generator: creating a loader must not draw from the global RNG (dropout's), or a
             # resumed run, which creates its loader at another moment, would diverge.
-            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
+            generator=torch.Generator().manual_seed(self.seed * 100_003),
             pin_memory=self.device.type == "cuda",
         )
+        self._val_loader = None
+        if self.task.val_dataset is not None and len(self.task.val_dataset):
+            indices = shard_indices(len(self.task.val_dataset), self.process_index, self.num_processes)
+            val_workers = workers if indices else 0
+            self._val_loader = DataLoader(
+                self.task.val_dataset,
+                sampler=indices,
+                batch_size=self.config.per_device_eval_batch_size,
+                collate_fn=self.task.collate_fn,
+                num_workers=val_workers,
+                worker_init_fn=ignore_signals_in_worker if val_workers else None,
+                persistent_workers=val_workers > 0,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+
+    def _train_batches(self, epoch: int, start: int):
+        self._train_sampler.set_epoch(epoch, start)
+        return iter(self._train_loader)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -591,6 +446,13 @@ class Trainer:
     def _stop_requested(self) -> bool:
         return self._signals.requested is not None or self._stop_requested_by_call
 
+    def _loss_divisor(self) -> float:
+        """What ``accelerator.backward`` divides the loss by: the engine's accumulation under DeepSpeed, else Accelerate's."""
+        if distributed_type(self.accelerator) == "DEEPSPEED":
+            steps = getattr(self.module, "gradient_accumulation_steps", None)
+            return float(steps() if callable(steps) else self.accumulation)
+        return float(self.accelerator.gradient_accumulation_steps)
+
     def _train_step(self, micro_batches: list[dict[str, Any]], step: int) -> tuple[dict[str, float], bool]:
         """One optimizer step over the micro-batches of an accumulation window; returns (figures, stopped)."""
         import torch
@@ -606,15 +468,21 @@ class Trainer:
             return {}, True
         global_counts = shared[:-2]
         # Each micro-batch's sums divided by the window's global counts; times the process count
-        # because DDP averages the processes' gradients.
+        # because the data-parallel gradient reduction averages over processes.
         scale = (self.term_weights / global_counts.clamp(min=1) * self.num_processes).float()
         self.module.train()
+        # accelerate.accumulate syncs (and DeepSpeed's engine steps) at the window's last micro-batch;
+        # a window can be shorter than the accumulation at an epoch's end, hence set per window.
+        # accelerator.backward divides by the accumulation: multiplied back, the scale above is the loss.
+        if distributed_type(acc) != "DEEPSPEED":
+            acc.gradient_accumulation_steps = len(micro_batches)
+        acc.step = 0
+        divisor = self._loss_divisor()
         local_sums = torch.zeros_like(global_counts)
-        for position, batch in enumerate(micro_batches):
-            last = position == len(micro_batches) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.module):
+        for batch in micro_batches:
+            with acc.accumulate(self.module):
                 sums = self.module(**self.task.model_inputs(self._to_device(batch)))
-                acc.backward((sums.float() * scale).sum())
+                acc.backward((sums.float() * scale).sum() * divisor)
             local_sums += sums.detach().to(torch.float64)
         figures = self._figures(self._reduce_sum(local_sums), global_counts)
         figures["examples"] = float(shared[-2])
@@ -622,16 +490,22 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._non_finite_message(step, "the loss", figures))
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(self.module.parameters(), max_norm))
-        if not math.isfinite(grad_norm) and self.config.mixed_precision != "fp16":
+        norm = acc.clip_grad_norm_(self.module.parameters(), max_norm)  # None under DeepSpeed before its first step
+        grad_norm = float(norm) if norm is not None else None
+        fp16 = acc.mixed_precision == "fp16"
+        if grad_norm is not None and not math.isfinite(grad_norm) and not fp16:
             # (with fp16 the gradient scaler skips such steps by design)
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._non_finite_message(step, "the gradient norm", {**figures, "grad_norm": grad_norm}))
         self.optimizer.step()
-        if not acc.optimizer_step_was_skipped:  # fp16: the gradient scaler skipped an overflowing step
+        skipped = bool(acc.optimizer_step_was_skipped)
+        if not skipped:  # fp16: the gradient scaler skipped an overflowing step
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        figures["grad_norm"] = grad_norm
+        # A skipped fp16 step's norm is infinite by design: it stays out of the logged average.
+        if grad_norm is not None and math.isfinite(grad_norm) and not skipped:
+            figures["grad_norm"] = grad_norm
+        figures["skipped"] = float(skipped)
         return figures, False
 
     def _non_finite_message(self, step: int, what: str, figures: dict[str, float]) -> str:
@@ -645,41 +519,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, step: int) -> dict[str, float]:
+        """Every process: the validation loss (prepared module) and the task's figures (broadcast from the main process)."""
         import torch
-        from torch.utils.data import DataLoader
 
-        task = self.task
-        module = self.accelerator.unwrap_model(self.module)
-        module.eval()
+        task, acc = self.task, self.accelerator
+        self.module.eval()
         figures: dict[str, float] = {}
-        if task.val_dataset is not None and len(task.val_dataset):
-            indices = shard_indices(len(task.val_dataset), self.process_index, self.num_processes)
-            loader = DataLoader(
-                task.val_dataset,
-                sampler=indices,
-                batch_size=self.config.per_device_eval_batch_size,
-                collate_fn=task.collate_fn,
-                num_workers=self.config.dataloader_num_workers if indices else 0,
-                worker_init_fn=_ignore_signals_in_worker if self.config.dataloader_num_workers else None,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
+        if self._val_loader is not None:
             num_terms = len(task.loss_terms.weights)
             sums = torch.zeros(num_terms, dtype=torch.float64, device=self.device)
             counts = torch.zeros(num_terms, dtype=torch.float64, device=self.device)
             with torch.no_grad():
-                for batch in loader:
+                for batch in self._val_loader:
                     counts += task.counts(batch).to(device=self.device, dtype=torch.float64)
-                    sums += module(**task.model_inputs(self._to_device(batch))).to(torch.float64)
+                    sums += self.module(**task.model_inputs(self._to_device(batch))).to(torch.float64)
             values = self._figures(self._reduce_sum(sums), self._reduce_sum(counts), omit_empty=True)
             figures = {f"val_{name}": value for name, value in values.items()}
         extra: dict[str, float] = {}
-        if self.is_main_process:
+        module = acc.unwrap_model(self.module)
+        if _takes(task.extra_validation, "context"):
+            with torch.no_grad(), full_parameters(acc, self.module):
+                extra = task.extra_validation(module, step, ValidationContext(acc)) or {}
+        elif self.is_main_process:  # the earlier contract: the main process alone
             extra = task.extra_validation(module, step)
         if self.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
-            extra = broadcast_object_list([extra])[0]
-        module.train()
+            extra = broadcast_object_list([extra if self.is_main_process else {}])[0]
+        self.module.train()
         return {**figures, **extra}
 
     def _is_better(self, value: float) -> bool:
@@ -689,24 +556,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _export(self, name: str, step: int, epoch: int, figures: dict[str, float] | None) -> Path:
-        """Main process: the task's export of the current model, committed atomically to ``<output>/<name>``."""
+        """Every process gathers the full weights; the main process commits the task's export to ``<output>/<name>``."""
+        acc = self.accelerator
+        state_dict = acc.get_state_dict(self.module)  # a collective under FSDP / ZeRO-3
         final = self.output_dir / name
-        tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        # (keep_fp32_wrapper=False would strip the mixed-precision wrapper from the live module for good)
-        module = self.accelerator.unwrap_model(self.module)
-        self.task.export(module, tmp)
-        module.train()
-        info = {"step": step, "epoch": epoch, "total_steps": self.total_steps, "validation": figures or {}}
-        (tmp / EXPORT_STATE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        ckpt.commit_directory(tmp, final)
+        if self.is_main_process:
+            tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{name}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            # (keep_fp32_wrapper=False would strip the mixed-precision wrapper from the live module for good)
+            module = acc.unwrap_model(self.module)
+            if _takes(self.task.export, "state_dict"):
+                self.task.export(module, tmp, state_dict=state_dict)
+            else:
+                if is_sharded(acc):
+                    raise ConfigError(
+                        f"{type(self.task).__name__}.export(module, directory) cannot export a sharded model: "
+                        "accept state_dict (see TrainingTask.export)"
+                    )
+                self.task.export(module, tmp)
+            module.train()
+            info = {"step": step, "epoch": epoch, "total_steps": self.total_steps, "validation": figures or {},
+                    "global_batch": self.config.train_batch_size}
+            (tmp / EXPORT_STATE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            ckpt.commit_directory(tmp, final)
+        acc.wait_for_everyone()
         return final
 
     def _save_checkpoint(self, step: int, epoch: int, micro_batch: int) -> Path:
         """Every process: save the full training state after ``step`` (position: micro-batch ``micro_batch`` of ``epoch``)."""
-        acc = self.accelerator
+        acc, cfg = self.accelerator, self.config
         final = ckpt.checkpoint_dir(self.output_dir, step)
         tmp = final.parent / f"{ckpt.TMP_PREFIX}{final.name}"
         if self.is_main_process:
@@ -725,52 +605,50 @@ class Trainer:
                     "global_step": step,
                     "epoch": epoch,
                     "micro_batch": micro_batch,
+                    # The position as examples: a run on another process count / accumulation resumes from it.
+                    "examples_into_epoch": micro_batch * self.global_micro_batch,
                     "total_steps": self.total_steps,
                     "best": self.best,
                     "last_validation": self.last_validation,
-                    "log_window": self.window,
+                    "validation_step": self.validation_step,
+                    "log_window": self.window.state(),
                     "num_processes": self.num_processes,
+                    "distributed_type": distributed_type(acc),
+                    "geometry": dataclasses.asdict(self.geometry),
                     "fingerprint": self.fingerprint(),
-                    "settings": dataclasses.asdict(self.config),
+                    "settings": dataclasses.asdict(cfg),
                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
             )
             ckpt.commit_directory(tmp, final)
-            for removed in ckpt.prune_checkpoints(self.output_dir, self.config.checkpoints_total_limit):
-                logger.info("removed old checkpoint %s", removed)
+            removed = ckpt.prune_checkpoints(
+                self.output_dir, cfg.checkpoints_total_limit, keep_best=cfg.keep_best_checkpoints,
+                metric=cfg.best_metric, greater_is_better=cfg.greater_is_better,
+            )
+            for path in removed:
+                logger.info("removed old checkpoint %s", path)
             logger.info("saved checkpoint %s", final)
         acc.wait_for_everyone()
         self.last_checkpoint = final
         self.last_saved_step = step
+        if self.best is not None and self.best["step"] == step:
+            self.best_checkpoint = final
         return final
 
     # ------------------------------------------------------------------ logging
-    def _new_window(self) -> dict[str, Any]:
-        return {"steps": 0, "examples": 0, "sums": {}}
-
-    def _log_train(self, step: int, epoch: int, figures: dict[str, float], examples: int, lr: float) -> None:
-        window = self.window
-        window["steps"] += 1
-        window["examples"] += examples
-        for name, value in figures.items():
-            window["sums"][name] = window["sums"].get(name, 0.0) + value
+    def _log_train(self, step: int, epoch: int, figures: dict[str, float], examples: int, lr: float, seconds: float) -> None:
+        skipped = bool(figures.pop("skipped", 0.0))
+        self.window.add(figures, examples=examples, seconds=seconds, skipped=skipped)
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{figures['loss']:.4f}", lr=f"{lr:.3g}")
         if step % self.config.logging_steps and step != self.total_steps:
             return
-        elapsed = max(time.monotonic() - self.window_started, 1e-9)
-        values = {name: total / window["steps"] for name, total in window["sums"].items()}
-        values.update(
-            epoch=epoch,
-            lr=lr,
-            examples_per_second=round(window["examples"] / elapsed, 3),
-            steps_per_second=round(window["steps"] / elapsed, 4),
-        )
+        values = self.window.summary()
+        values.update(epoch=epoch, lr=lr, global_batch=self.config.train_batch_size)
         if self.log is not None:
             self.log.write("train", step, values)
-        self.window = self._new_window()
-        self.window_started = time.monotonic()
+        self.window = StepWindow()
 
     # ------------------------------------------------------------------ main
     def _run(self) -> TrainingResult:
@@ -784,14 +662,16 @@ class Trainer:
             ckpt.remove_stale_temporaries(self.output_dir)
             ckpt.remove_stale_temporaries(self.output_dir / ckpt.CHECKPOINTS_DIR)
         acc.wait_for_everyone()
-        resume_from = self._find_checkpoint()
+        resume_from = ckpt.find_checkpoint(self.output_dir, cfg.resume)
         self._prepare()
         # One dropout stream per process (the model itself was built before, identically everywhere).
         set_seed(self.seed, device_specific=True)
 
         self.best: dict[str, Any] | None = None
+        self.best_checkpoint: Path | None = None
         self.last_validation: dict[str, float] | None = None
-        self.window = self._new_window()
+        self.validation_step: int | None = None
+        self.window = StepWindow()
         self.last_checkpoint: Path | None = None
         self.last_saved_step = -1
         step, epoch, micro_batch = 0, 0, 0
@@ -800,8 +680,16 @@ class Trainer:
             step, epoch, micro_batch = int(state["global_step"]), int(state["epoch"]), int(state["micro_batch"])
             self.best = state.get("best")
             self.last_validation = state.get("last_validation")
-            self.window = state.get("log_window") or self._new_window()
+            self.validation_step = state.get("validation_step")
+            self.window = StepWindow(state.get("log_window"))
             self.last_checkpoint, self.last_saved_step = resume_from, step
+            if self.best is not None:
+                candidate = ckpt.checkpoint_dir(self.output_dir, self.best["step"])
+                self.best_checkpoint = candidate if candidate.is_dir() else None
+            if self.is_main_process:
+                for moved in ckpt.set_aside_later_checkpoints(self.output_dir, resume_from):
+                    logger.warning("%s: after the resumed step, so set aside (a later resume=auto will not pick it)", moved)
+            acc.wait_for_everyone()
             logger.info("resuming from %s: step %d of %d, epoch %d, micro-batch %d", resume_from, step, self.total_steps, epoch, micro_batch)
         elif self.is_main_process:
             stale = [name for name in (FINAL_DIR, BEST_DIR) if (self.output_dir / name).is_dir()]
@@ -818,55 +706,65 @@ class Trainer:
                 tmp = self.output_dir / f"{ckpt.TMP_PREFIX}{name}"
                 tmp.write_text(text)
                 os.replace(tmp, self.output_dir / name)
-        self.log = TrainingLog(self.output_dir, report_to=cfg.report_to, resume_step=step if resume_from else None) if self.is_main_process else None
+        self.log = (
+            TrainingLog(self.output_dir, report_to=cfg.report_to, resume_step=step if resume_from else None,
+                        run_config=dataclasses.asdict(cfg), wandb_project=cfg.wandb_project)
+            if self.is_main_process else None
+        )
         self.progress = (
             tqdm(total=self.total_steps, initial=min(step, self.total_steps), desc="training", unit="step",
                  file=sys.stderr, dynamic_ncols=True, disable=not cfg.progress)
             if self.is_main_process else None
         )
-        self.window_started = time.monotonic()
-        if step == 0 and self.is_main_process:
+        if self.is_main_process:
             logger.info(
-                "training %d optimizer steps (%d epoch(s) of %d steps): %d examples, %d process(es) x %d per batch x %d accumulation",
-                self.total_steps, self.num_epochs, self.steps_per_epoch, len(self.task.train_dataset),
-                self.num_processes, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
+                "training %d optimizer steps (%d epoch(s) of %d steps) on %d examples: %s%s",
+                self.total_steps, self.num_epochs, self.steps_per_epoch, len(self.task.train_dataset), self.geometry.describe(),
+                ", length-bucketed" if self.lengths is not None else "",
             )
         try:
             status = self._loop(step, epoch, micro_batch)
+            final_dir = None
+            if status == "completed":
+                final_dir = self.output_dir / FINAL_DIR
+                if not self._final_is_current(final_dir, resume_from):
+                    self._export(FINAL_DIR, self.step, self.epoch, self.last_validation)
+                    if self.is_main_process:
+                        logger.info("final model written to %s", final_dir)
+            best_dir = self.output_dir / BEST_DIR
+            result = TrainingResult(
+                status=status,
+                global_step=self.step,
+                total_steps=self.total_steps,
+                epoch=self.epoch,
+                output_dir=self.output_dir,
+                last_checkpoint=self.last_checkpoint,
+                final_dir=final_dir,
+                # Only a best this run's history recorded: a fresh run may find an earlier run's best/ there.
+                best_dir=best_dir if self.best is not None and best_dir.is_dir() else None,
+                best=self.best,
+                last_validation=self.last_validation,
+                resumed_from=resume_from,
+                signal=self._signals.requested,
+                geometry=self.geometry,
+                best_checkpoint=self.best_checkpoint if self.best_checkpoint is not None and self.best_checkpoint.is_dir() else None,
+            )
+            if self.is_main_process:
+                logger.info("summary: %s", result.summary())
+                if self.log is not None:
+                    self.log.summary(_summary_values(result))
         finally:
             if self.progress is not None:
                 self.progress.close()
             if self.log is not None:
                 self.log.close()
-        final_dir = None
-        if status == "completed":
-            final_dir = self.output_dir / FINAL_DIR
-            if self.is_main_process and not self._final_is_current(final_dir, resume_from):
-                self._export(FINAL_DIR, self.step, self.epoch, self.last_validation)
-                logger.info("final model written to %s", final_dir)
-            acc.wait_for_everyone()
-        best_dir = self.output_dir / BEST_DIR
-        return TrainingResult(
-            status=status,
-            global_step=self.step,
-            total_steps=self.total_steps,
-            epoch=self.epoch,
-            output_dir=self.output_dir,
-            last_checkpoint=self.last_checkpoint,
-            final_dir=final_dir,
-            # Only a best this run's history recorded: a fresh run may find an earlier run's best/ there.
-            best_dir=best_dir if self.best is not None and best_dir.is_dir() else None,
-            best=self.best,
-            last_validation=self.last_validation,
-            resumed_from=resume_from,
-            signal=self._signals.requested,
-        )
+        return result
 
     def _final_is_current(self, directory: Path, resume_from: Path | None) -> bool:
         """True when this invocation only resumed a finished run whose final export is of the same step.
 
         A fresh run, or one that trained any step, always exports: an earlier run in the same directory
-        may have left a final/ of the same step count.
+        may have left a final/ of the same step count. (The same answer on every process: the export is collective.)
         """
         if resume_from is None or self.step != self.start_step:
             return False
@@ -882,12 +780,12 @@ class Trainer:
         if step >= self.total_steps:
             logger.info("training already reached step %d of %d", step, self.total_steps)
             return "completed"
-        accumulation = cfg.gradient_accumulation_steps
         for epoch in range(epoch, self.num_epochs):
             self.epoch = epoch
-            batches = iter(self._train_loader(epoch, micro_batch))
+            batches = self._train_batches(epoch, micro_batch)
             while micro_batch < self.micro_batches and step < self.total_steps:
-                take = min(accumulation, self.micro_batches - micro_batch)
+                started = time.perf_counter()  # throughput counts the steps alone: not validation, saving or resuming
+                take = min(self.accumulation, self.micro_batches - micro_batch)
                 window = [next(batches) for _ in range(take)]
                 figures, stopped = self._train_step(window, step + 1)
                 if stopped:
@@ -895,11 +793,12 @@ class Trainer:
                         self._save_checkpoint(step, epoch, micro_batch)
                     logger.warning("stopped at step %d; rerun the same command to resume", step)
                     return "interrupted"
+                seconds = time.perf_counter() - started
                 step += 1
                 micro_batch += take
                 self.step = step
                 examples = int(figures.pop("examples"))
-                self._log_train(step, epoch, figures, examples, float(self.scheduler.get_last_lr()[0]))
+                self._log_train(step, epoch, figures, examples, float(self.scheduler.get_last_lr()[0]), seconds)
                 epoch_end = micro_batch >= self.micro_batches
                 last = step >= self.total_steps
                 if epoch_end or last or (cfg.eval_steps and step % cfg.eval_steps == 0):
@@ -917,17 +816,28 @@ class Trainer:
         if not figures:
             return
         self.last_validation = figures
+        self.validation_step = step
         if self.log is not None:
             self.log.write("validation", step, {"epoch": epoch, **figures})
         if self.is_main_process:
             logger.info("validation at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
         value = figures.get(self.config.best_metric)
         if value is not None and math.isfinite(value) and self._is_better(value):
-            self.best = {"metric": self.config.best_metric, "value": value, "step": step}
+            self.best = {"metric": self.config.best_metric, "value": value, "step": step, "figures": dict(figures)}
+            self._export(BEST_DIR, step, epoch, figures)
             if self.is_main_process:
-                self._export(BEST_DIR, step, epoch, figures)
                 logger.info("new best %s=%.4f at step %d: exported to %s", self.config.best_metric, value, step, self.output_dir / BEST_DIR)
         self.accelerator.wait_for_everyone()
+
+
+def _summary_values(result: TrainingResult) -> dict[str, Any]:
+    values: dict[str, Any] = {"global_step": result.global_step, "status": result.status}
+    if result.geometry is not None:
+        values["global_batch"] = result.geometry.global_batch
+    if result.best:
+        values.update({f"best/{k}": v for k, v in (result.best.get("figures") or {}).items()})
+        values.update({"best/metric": result.best["metric"], "best/value": result.best["value"], "best/step": result.best["step"]})
+    return values
 
 
 def run_training(
@@ -945,12 +855,14 @@ def run_training(
 __all__ = [
     "BEST_DIR",
     "FINAL_DIR",
+    "MIXED_PRECISION",
     "LoopConfig",
     "LossTerms",
     "NonFiniteLossError",
     "Trainer",
     "TrainingResult",
     "TrainingTask",
+    "ValidationContext",
     "build_scheduler",
     "make_accelerator",
     "parameter_groups",

@@ -413,6 +413,11 @@ def test_the_reference_recipes_load(name):
     assert config.data.encodec_masking_prob == 0.15 and config.data.encodec_masking_span == 10
     assert config.data.max_target_length == 128 and config.validation.val_max_target_length == 50
     assert config.train.weight_decay == 0.01 and config.train.max_grad_norm == 1.0
+    # Global batches, as the reference's recipes (it used split_batches): no per-device size, nothing forced.
+    expected_batch = 16 if name == "audiocaps/base" else 64
+    assert config.train.train_batch_size == expected_batch and config.train.per_device_train_batch_size is None
+    assert config.train.gradient_accumulation_steps is None and config.train.mixed_precision == "auto"
+    assert config.validation.metrics == ["auto"] and config.train.best_metric == "auto" and config.validation.max_clips == 0
     expected_lr = {"clotho/base": 4e-5, "clotho/large": 2.5e-5, "audiocaps/base": 6.5e-5, "audiocaps/large": 3e-5,
                    "clotho_finetune/base": 2e-5, "clotho_finetune/large": 1.25e-5}[name]
     assert config.train.learning_rate == pytest.approx(expected_lr)
@@ -458,11 +463,11 @@ def free_port() -> int:
 def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(files, tmp_path):
     # A warm-up then linear decay: a schedule stepped once per process (Accelerate's default) would differ.
     common = {"train.num_train_epochs": 1, "train.checkpointing_steps": 3, "train.lr_scheduler_type": "linear", "train.num_warmup_steps": 3}
-    single = run(files, tmp_path / "one", **{**common, "train.per_device_train_batch_size": 4})
+    single = run(files, tmp_path / "one", **common)
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(REPO_ROOT / "train.py"), *tiny_overrides(files, tmp_path / "two", **{**common, "train.per_device_train_batch_size": 2})],
+         str(REPO_ROOT / "train.py"), *tiny_overrides(files, tmp_path / "two", **common)],  # the same global batch of 4: 2 per process
         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -526,3 +531,67 @@ def test_caption_metric_validation_picks_the_best_model(files, tmp_path):
     assert [e["step"] for e in validations] == [8, 16] and all("cider_d" in e and "val_loss" in e for e in validations)
     best = max(validations, key=lambda e: e["cider_d"])
     assert result.best["metric"] == "cider_d" and result.best["value"] == best["cider_d"]
+
+
+@pytest.fixture(scope="module")
+def uneven_files(tmp_path_factory):
+    """5 validation clips: 3 + 2 over two processes (the padded shard repeats one on the second)."""
+    return make_feature_set(tmp_path_factory.mktemp("uneven"), num_val=5)
+
+
+@pytest.mark.slow
+def test_two_processes_gather_the_validation_of_one_resume_onto_one_and_score_as_evaluate(uneven_files, tmp_path):
+    import json
+
+    files = uneven_files
+    common = {"train.num_train_epochs": 1, "train.checkpointing_steps": 4, "train.eval_steps": 4, "validation.metrics": "[cider_d]",
+              "train.best_metric": "cider_d", "validation.num_beams": 1, "validation.batch_size": 2}
+    one = run(files, tmp_path / "one", **common)
+    assert one.global_step == 8 and one.geometry.per_device == 4
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    two_dir = tmp_path / "two"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(REPO_ROOT / "train.py"), *tiny_overrides(files, two_dir, **{**common, "train.max_train_steps": 4})],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "global batch 4 = 2 process(es) x 2 per device x 1 accumulation step(s)" in result.stderr + result.stdout
+    # Validation at step 4 on 2 processes (each clip captioned once, on one of them) = on 1 process.
+    val_one = {e["step"]: e for e in read_train_log(tmp_path / "one") if e["type"] == "validation"}
+    val_two = {e["step"]: e for e in read_train_log(two_dir) if e["type"] == "validation"}
+    assert val_two[4]["cider_d"] == pytest.approx(val_one[4]["cider_d"], abs=1e-6)
+    assert val_two[4]["val_loss"] == pytest.approx(val_one[4]["val_loss"], rel=1e-5)
+    # The same global batch resumed from 2 processes onto 1 ends with the weights of the 1-process run.
+    resumed = run(files, two_dir, **common)
+    assert resumed.resumed_from.name == "step_4" and resumed.global_step == 8
+    ones, twos = train_losses(tmp_path / "one"), train_losses(two_dir)
+    assert ones.keys() == twos.keys() == set(range(1, 9))
+    for step in ones:  # steps 1-4 on 2 processes, 5-8 resumed on 1
+        np.testing.assert_allclose(twos[step], ones[step], rtol=1e-6)
+    a, b = load_file(one.final_dir / "model.safetensors"), load_file(two_dir / "final" / "model.safetensors")
+    for key in a:
+        # (Adam turns the float-rounding noise of near-zero gradients of unseen embedding rows into
+        # lr-scaled differences; at lr 3e-3 they reach ~4e-5 after 8 steps)
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4, msg=key)
+    # The score that picked best/ is the one evaluate.py gives that checkpoint.
+    best = one.best
+    scores = tmp_path / "scores.json"
+    evaluation = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "evaluate.py"), "--ckpt", str(one.best_dir), "--features", str(files["store"]),
+         "--test_csv", str(files["val_csv"]), "--metrics", "cider_d", "--device", "cpu", "--scores_path", str(scores)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert json.loads(scores.read_text())["scores"]["cider_d"] == pytest.approx(best["value"], abs=1e-9)
+
+
+def test_the_training_command_sets_the_allocator_policy_for_its_own_process(files, tmp_path, monkeypatch):
+    import enclap.allocator
+    import enclap.jobs.train_captioner as job
+
+    calls = []
+    monkeypatch.setattr(enclap.allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(job, "train_captioner", lambda config: (_ for _ in ()).throw(ConfigError("stop here")))
+    assert main(tiny_overrides(files, tmp_path / "run")) == 2
+    assert calls == [1]

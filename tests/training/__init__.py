@@ -124,8 +124,10 @@ def tiny_overrides(files: dict[str, Path], output: Path, **extra) -> list[str]:
         "tokenizer.vocab_size": 300,
         "validation.val_max_target_length": 16,  # the decoder has 48 positions
         "train.num_train_epochs": 2,
-        "train.per_device_train_batch_size": 4,
+        "train.train_batch_size": 4,  # global
         "train.per_device_eval_batch_size": 4,
+        "train.mixed_precision": "no",
+        "validation.metrics": "[]",  # the validation loss only, unless a test asks for caption metrics
         "train.learning_rate": 3e-3,
         "train.lr_scheduler_type": "constant_with_warmup",
         "train.num_warmup_steps": 0,

@@ -10,7 +10,7 @@ from enclap.data.dataset import CaptionCollator, CaptionPairDataset
 from enclap.features.store import open_feature_store
 from enclap.model import EnClapBartConfig, EnClapBartForConditionalGeneration
 from enclap.model.masking import mask_codec_tokens
-from enclap.training.captioner import CaptionerLossModule, caption_batch_counts, captioner_loss_terms
+from enclap.training.captioner import MODEL_INPUT_KEYS, CaptionerLossModule, caption_batch_counts, captioner_loss_terms
 
 from . import random_clip, write_store
 
@@ -43,7 +43,7 @@ def make_batch(num_rvq=4, mask_prob=0.4):
 def test_sums_over_counts_are_the_models_own_losses():
     model = tiny_model()
     batch = make_batch()
-    inputs = {k: batch[k] for k in ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")}
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
     with torch.no_grad():
         sums = CaptionerLossModule(model)(**inputs).double()
         reference = model(**inputs)
@@ -60,7 +60,7 @@ def test_a_codebook_without_masked_positions_adds_nothing_and_keeps_its_head_in_
     model = tiny_model().train()
     batch = make_batch(mask_prob=0.0)
     batch["mcm_labels"][0, 3, 1] = int(batch["input_ids"][0, 3, 1])  # one labelled position, codebook 1 only
-    inputs = {k: batch[k] for k in ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")}
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
     sums = CaptionerLossModule(model)(**inputs)
     values = sums.detach()
     assert values[2] > 0 and float(values[1]) == float(values[3]) == float(values[4]) == 0.0
@@ -116,7 +116,7 @@ def test_validation_loss_is_the_caption_loss_on_clean_codes(tmp_path):
     settings = dict(max_frames=max_frames, mask_prob=0.5, mask_span=2, seed=1, num_codebooks=4, d_clap=8)
     validation = CaptionPairDataset(pairs, captions, store, train=False, **settings)
     batch = CaptionCollator(max_frames)([validation[i] for i in range(len(validation))])
-    inputs = {k: batch[k] for k in ("input_ids", "encodec_mask", "attention_mask", "clap_embedding", "labels", "mcm_labels")}
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
     with torch.no_grad():
         sums = CaptionerLossModule(model)(**inputs).double()
     counts = caption_batch_counts(batch)
@@ -139,3 +139,24 @@ def test_validation_loss_is_the_caption_loss_on_clean_codes(tmp_path):
     with torch.no_grad():
         masked_sums = CaptionerLossModule(model)(**{k: masked[k] for k in inputs}).double()
     assert float(masked_sums[0] / counts[0]) != pytest.approx(expected, rel=1e-3)
+
+
+def test_the_loss_terms_equal_a_straightforward_computation():
+    """Independent of the model's loss code: one masked select and one plain CrossEntropyLoss per codebook."""
+    model, batch = tiny_model(), make_batch()
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in MODEL_INPUT_KEYS}
+        sums = CaptionerLossModule(model)(**inputs).double()
+        outputs = model(**{k: v for k, v in inputs.items() if k != "mcm_labels"})
+        hidden = outputs.encoder_last_hidden_state
+        labels = batch["labels"]
+        token_losses = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=0.2, ignore_index=-100)(
+            outputs.logits.reshape(-1, outputs.logits.shape[-1]), labels.reshape(-1)
+        )
+        expected = [float(token_losses[labels.reshape(-1) != -100].sum())]
+        for i, head in enumerate(model.mcm_heads):
+            where = batch["mcm_labels"][..., i] != -100
+            rows, targets = hidden[where], batch["mcm_labels"][..., i][where]
+            expected.append(float(torch.nn.CrossEntropyLoss(reduction="sum")(head(rows), targets)) if len(rows) else 0.0)
+    np.testing.assert_allclose(sums.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (batch["mcm_labels"] != -100).any()  # the batch does exercise the MCM terms

@@ -93,7 +93,7 @@ class ToyTask(TrainingTask):
 
 def loop_config(**overrides) -> LoopConfig:
     values = dict(
-        num_train_epochs=3, per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.05,
+        num_train_epochs=3, train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.05,
         lr_scheduler_type="linear", num_warmup_steps=2, max_grad_norm=1.0, report_to="none",
         dataloader_num_workers=0, progress=False, logging_steps=1, checkpoints_total_limit=0,
     )
@@ -161,7 +161,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(uninterrupted, tmp_path):
 
 
 def test_resume_with_accumulation_and_loader_workers_equals_an_uninterrupted_run(tmp_path):
-    config = loop_config(gradient_accumulation_steps=2, per_device_train_batch_size=2, dataloader_num_workers=2, num_train_epochs=2)
+    config = loop_config(gradient_accumulation_steps=2, train_batch_size=4, dataloader_num_workers=2, num_train_epochs=2)
     reference, reference_weights = train(tmp_path / "reference", config)
     assert reference.total_steps == 12  # 11 micro-batches of 2 per epoch, 2 per step
     interrupted, _ = train(tmp_path / "run", config, hook=stop_at(9))  # during step 5 of epoch 1 (calls 9-10)
@@ -219,7 +219,8 @@ def test_accumulation_and_micro_batch_size_do_not_change_the_steps(tmp_path):
     common = dict(dropout=0.0)
     results = {}
     for batch, accumulation in ((8, 1), (4, 2), (2, 4)):
-        config = loop_config(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, num_train_epochs=2)
+        config = loop_config(train_batch_size=8, per_device_train_batch_size=batch, num_train_epochs=2)
+        assert 8 // batch == accumulation
         output = tmp_path / f"b{batch}"
         result, weights = train(output, config, task=ToyTask(**common))
         assert result.total_steps == 6  # steps of 8, 8 and 6 examples per epoch in every variant
@@ -301,8 +302,8 @@ def test_a_checkpoint_of_a_different_run_is_refused_with_the_differences(tmp_pat
     train(output, loop_config(num_train_epochs=1))
     with pytest.raises(CheckpointError, match=r"loop.seed: checkpoint 5, now 6"):
         train(output, loop_config(num_train_epochs=2), seed=6)
-    with pytest.raises(CheckpointError, match=r"loop.global_micro_batch: checkpoint 4, now 8"):
-        train(output, loop_config(num_train_epochs=2, per_device_train_batch_size=8))
+    with pytest.raises(CheckpointError, match=r"loop.train_batch_size: checkpoint 4, now 8"):
+        train(output, loop_config(num_train_epochs=2, train_batch_size=8))
     task = ToyTask()
     task.fingerprint = lambda: {"width": 32}
     with pytest.raises(CheckpointError, match=r"task.width: checkpoint 16, now 32"):
@@ -339,7 +340,8 @@ def test_best_metric_exports_the_best_model(tmp_path):
     result, _ = train(tmp_path / "run", loop_config(eval_steps=2), task=task)
     validations = losses(tmp_path / "run", "validation", ("val_loss",))
     best_step = min(validations, key=lambda step: validations[step][0])
-    assert result.best == {"metric": "val_loss", "value": validations[best_step][0], "step": best_step}
+    assert {k: result.best[k] for k in ("metric", "value", "step")} == {"metric": "val_loss", "value": validations[best_step][0], "step": best_step}
+    assert result.best["figures"]["val_loss"] == validations[best_step][0]
     state = json.loads((tmp_path / "run" / "best" / "training_state.json").read_text())
     assert state["step"] == best_step and state["validation"]["val_loss"] == validations[best_step][0]
     assert (tmp_path / "run" / "final" / "weights.safetensors").is_file()
@@ -458,3 +460,205 @@ def test_a_fresh_run_hides_the_tensorboard_curves_of_an_earlier_run(tmp_path):
     assert [step for step, _ in shown] == sorted(logged)  # one curve: no step twice
     for step, value in shown:
         assert value == pytest.approx(logged[step], rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- global batches, launcher, policies
+
+
+def test_the_global_batch_is_divided_by_processes_and_accumulation_or_refused():
+    from enclap.training.distributed import batch_geometry
+
+    g = batch_geometry(64, 8)
+    assert (g.per_device, g.accumulation, g.global_micro_batch) == (8, 1, 64)
+    g = batch_geometry(64, 4, per_device=8)
+    assert (g.per_device, g.accumulation) == (8, 2) and "derived" in g.describe()
+    g = batch_geometry(64, 2, launcher_accumulation=4)
+    assert (g.per_device, g.accumulation) == (8, 4) and "launcher" in g.accumulation_source
+    g = batch_geometry(64, 2, accumulation=2, launcher_accumulation=4)
+    assert g.accumulation == 2 and "wins over the launcher's 4" in g.accumulation_source
+    with pytest.raises(ConfigError, match=r"train_batch_size=64 \(the global batch\) does not divide into 3 process\(es\)"):
+        batch_geometry(64, 3)
+    with pytest.raises(ConfigError, match=r"not a multiple of 2 process\(es\) x train.per_device_train_batch_size=5"):
+        batch_geometry(64, 2, per_device=5)
+    with pytest.raises(ConfigError, match=r"per_device_train_batch_size=16 does not fit"):
+        batch_geometry(64, 2, per_device=16, accumulation=4)
+
+
+def test_launcher_accumulation_is_honoured_without_dividing_the_loss(tmp_path, monkeypatch):
+    """`accelerate launch --gradient_accumulation_steps 2` = the same steps as the config's accumulation 2 (and as none)."""
+    plain, plain_weights = train(tmp_path / "plain", loop_config(num_train_epochs=1), task=ToyTask(dropout=0.0))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # the env is read when the Accelerator is made
+    launched, launched_weights = train(tmp_path / "launched", loop_config(num_train_epochs=1), task=ToyTask(dropout=0.0))
+    assert launched.geometry.accumulation == 2 and launched.geometry.per_device == 2
+    assert "launcher" in launched.geometry.accumulation_source
+    assert_same_weights(launched_weights, plain_weights, atol=1e-6)  # had the loss been divided by 2, they would differ
+    np.testing.assert_allclose([v[0] for v in losses(tmp_path / "launched").values()],
+                               [v[0] for v in losses(tmp_path / "plain").values()], rtol=1e-6)
+    AcceleratorState._reset_state()
+
+
+def test_launcher_mixed_precision_is_used_unless_the_config_sets_one(monkeypatch, caplog):
+    from enclap.training.distributed import resolve_mixed_precision
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_mixed_precision("auto", cpu=True)[0] == "bf16"
+    value, why = resolve_mixed_precision("no", cpu=True)
+    assert value == "no" and "wins over the launcher's bf16" in why
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert resolve_mixed_precision("auto", cpu=True) == ("no", "full precision (train.mixed_precision=auto: CPU)")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert resolve_mixed_precision("fp16", cpu=True)[0] == "fp16"
+
+
+def test_keep_best_k_keeps_exactly_the_k_best_checkpoints_and_the_latest(tmp_path):
+    output = tmp_path / "run"
+    result, _ = train(output, loop_config(checkpointing_steps="1", eval_steps=1, checkpoints_total_limit=1, keep_best_checkpoints=2, num_train_epochs=2))
+    validation = {step: v[0] for step, v in losses(output, "validation", ("val_loss",)).items()}
+    assert sorted(validation) == list(range(1, 13))
+    two_best = sorted(sorted(validation, key=lambda s: (validation[s], s))[:2])
+    kept = [step for step, _ in list_checkpoints(output)]
+    assert kept == sorted(set(two_best) | {12})
+    assert result.best_checkpoint is not None and result.best_checkpoint.name == f"step_{min(validation, key=validation.get)}"
+
+
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(tmp_path):
+    output = tmp_path / "run"
+    train(output, loop_config(checkpointing_steps="2", num_train_epochs=1))
+    assert [s for s, _ in list_checkpoints(output)] == [2, 4, 6]
+    older = output / "checkpoints" / "step_2"
+    result, _ = train(output, loop_config(checkpointing_steps="2", num_train_epochs=1, max_train_steps=3, resume=str(older)))
+    assert result.resumed_from == older and result.global_step == 3
+    assert [s for s, _ in list_checkpoints(output)] == [2, 3]
+    assert sorted(p.name for p in (output / "checkpoints" / "abandoned").iterdir()) == ["step_4", "step_6"]
+    again, _ = train(output, loop_config(checkpointing_steps="2", num_train_epochs=1, max_train_steps=3))
+    assert again.resumed_from.name == "step_3"  # not the abandoned step_6
+
+
+def test_throughput_counts_training_steps_only(tmp_path, monkeypatch):
+    """Validation and saving are slowed by 0.5 s each; the logged rate must not see it."""
+    slow = {"on": True}
+    original_validate, original_save = Trainer._validate, Trainer._save_checkpoint
+
+    def slow_validate(self, step):
+        import time as _time
+        _time.sleep(0.5)
+        return original_validate(self, step)
+
+    def slow_save(self, *args):
+        import time as _time
+        _time.sleep(0.5)
+        return original_save(self, *args)
+
+    monkeypatch.setattr(Trainer, "_validate", slow_validate)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", slow_save)
+    output = tmp_path / "run"
+    train(output, loop_config(num_train_epochs=2, logging_steps=12, eval_steps=1, checkpointing_steps="1"))
+    entry = [e for e in read_train_log(output) if e["type"] == "train"][-1]
+    assert entry["step"] == 12
+    # 12 steps of a tiny MLP take far less than 12 s; with the sleeps inside the window it would be < 1 step/s.
+    assert entry["steps_per_second"] > 12 / 1.0
+    # A resumed window keeps its seconds: the log line after a resume covers the steps before it as well.
+    from enclap.training.tracking import StepWindow
+
+    window = StepWindow()
+    window.add({"loss": 1.0, "grad_norm": 2.0}, examples=4, seconds=0.5)
+    restored = StepWindow(json.loads(json.dumps(window.state())))
+    restored.add({"loss": 3.0}, examples=4, seconds=0.5, skipped=True)  # a skipped fp16 step has no norm
+    summary = restored.summary()
+    assert summary["loss"] == 2.0 and summary["grad_norm"] == 2.0 and summary["skipped_steps"] == 1
+    assert summary["examples_per_second"] == 8.0 and summary["steps_per_second"] == 2.0
+
+
+def test_an_infinite_norm_of_a_skipped_fp16_step_stays_out_of_the_logged_average(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    calls = {"n": 0}
+    real_clip = Accelerator.clip_grad_norm_
+
+    def clip(self, parameters, max_norm, norm_type=2):
+        calls["n"] += 1
+        norm = real_clip(self, parameters, max_norm, norm_type)
+        return torch.tensor(float("inf")) if calls["n"] == 2 else norm
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", clip)
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: calls["n"] == 2))
+    monkeypatch.setattr(Accelerator, "mixed_precision", property(lambda self: "fp16"))
+    output = tmp_path / "run"
+    train(output, loop_config(num_train_epochs=1, logging_steps=3))
+    first = [e for e in read_train_log(output) if e["type"] == "train"][0]
+    assert first["step"] == 3 and first["skipped_steps"] == 1 and np.isfinite(first["grad_norm"])
+
+
+def test_length_bucketing_groups_similar_lengths_per_step_and_keeps_every_example_once():
+    from enclap.training.sampling import bucketed_order
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 1000, size=203)
+    order = bucketed_order(lengths, seed=3, epoch=1, step_batch_size=8, bucket_window=5)
+    assert sorted(order.tolist()) == list(range(203))
+    assert np.array_equal(order, bucketed_order(lengths, seed=3, epoch=1, step_batch_size=8, bucket_window=5))
+    spread = lambda o: np.mean([np.ptp(lengths[o[i:i + 8]]) for i in range(0, 200, 8)])
+    assert spread(order) < spread(epoch_order(203, 3, 1)) / 3
+    # The same steps whatever the processes and the accumulation: only the global batch (8) matters.
+    one = EpochBatchSampler(203, 8, seed=3, epoch=1, lengths=lengths, step_batch_size=8, bucket_window=5)
+    steps_of_one = [sorted(i for _, i in batch) for batch in one]
+    # 2 processes x 2 per device x 2 accumulation steps: a step = 2 global micro-batches of 4
+    two = [list(EpochBatchSampler(203, 4, seed=3, epoch=1, process_index=p, num_processes=2, lengths=lengths,
+                                  step_batch_size=8, bucket_window=5)) for p in range(2)]
+    steps_of_two = [sorted(i for p in range(2) for batch in two[p][2 * k : 2 * k + 2] for _, i in batch) for k in range(len(two[0]) // 2)]
+    assert steps_of_two[:25] == steps_of_one[:25]
+
+
+def test_a_task_with_the_earlier_export_and_validation_contract_still_works(tmp_path):
+    class Earlier(ToyTask):
+        def validation_metric_names(self):
+            return {"score"}
+
+        def extra_validation(self, module, step):  # the earlier two-argument hook
+            return {"score": float(step)}
+
+    result, _ = train(tmp_path / "run", loop_config(num_train_epochs=1, best_metric="score"), task=Earlier())
+    assert result.best["metric"] == "score" and result.best["step"] == 6
+    assert (tmp_path / "run" / "best" / "weights.safetensors").is_file()
+
+
+def test_wandb_offline_logs_the_run_without_network(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is an optional extra (pip install 'enclap[wandb]'); requirements.txt pins it for CI")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    output = tmp_path / "run"
+    result, _ = train(output, loop_config(num_train_epochs=1, report_to="wandb"))
+    assert result.status == "completed"
+    runs = list((output / "wandb").glob("wandb/offline-run-*")) or list((output / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((output / "wandb").rglob("*"))[:20]
+    run_id = (output / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(run_id) and list(runs[0].glob(f"run-{run_id}.wandb"))
+    # The offline run's record (protobuf, keys stored as text) holds the training curves and the final summary.
+    # (wandb's service process may still be flushing it when finish() returns: wait for it, at most 60 s)
+    import time
+
+    keys = (b"train/loss", b"train/examples_per_second", b"validation/val_loss", b"best/value", b"best/step")
+    deadline = time.monotonic() + 60
+    while True:
+        record = next(runs[0].glob(f"run-{run_id}.wandb")).read_bytes()
+        if all(key in record for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [key for key in keys if key not in record] == []
+    # A resumed run continues the same W&B run.
+    again, _ = train(output, loop_config(num_train_epochs=2, report_to="wandb"))
+    assert (output / "wandb_run_id").read_text().strip() == run_id
+
+
+def test_the_library_loop_leaves_the_process_allocator_alone(tmp_path, monkeypatch):
+    """retain_freed_memory is process-wide and irreversible: only entry points whose process is ours set it."""
+    import enclap.allocator
+
+    calls = []
+    monkeypatch.setattr(enclap.allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    train(tmp_path / "run", loop_config(num_train_epochs=1))
+    assert calls == []
