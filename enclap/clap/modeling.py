@@ -239,6 +239,7 @@ class ClapProjection(nn.Module):
 
 
 class ClapTowerPreTrainedModel(PreTrainedModel):
+    config: ClapTowerConfig
     config_class = ClapTowerConfig
     base_model_prefix = "clap_tower"
     main_input_name = "input_features"
