@@ -207,19 +207,11 @@ def load_panns_cnn14(model: "ClapTowerModel", path_or_state_dict: "str | os.Path
 
 
 def _load_strict(module: nn.Module, state: dict, where: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"missing {len(missing)} key(s), e.g. {missing[:5]}")
-        if unexpected:
-            detail.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
-        if mismatched:
-            k = mismatched[0]
-            detail.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}")
+    """``module.load_state_dict(state, strict=True)``, or a CheckpointError listing what does not fit."""
+    from .convert import state_dict_problems
+
+    detail = state_dict_problems(module.state_dict(), state)
+    if detail:
         raise CheckpointError(f"{where}: does not fit the network: " + "; ".join(detail))
     module.load_state_dict(state, strict=True)
 
