@@ -299,9 +299,10 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     tower = build_tower(config)
     tower.tokenizer = tokenizer
     check_tokenizer_fits(tower, tokenizer)
-    if config.sync_batchnorm and accelerator.num_processes > 1:
-        if accelerator.device.type == "cpu":
+    if config.sync_batchnorm:
+        if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
             raise ConfigError("sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU leave it off")
+        # (in one process SyncBatchNorm computes plain batch norm)
         tower = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tower)
     config_text = OmegaConf.to_yaml(OmegaConf.structured(config))
     fingerprint = {

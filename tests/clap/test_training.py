@@ -116,3 +116,25 @@ def test_command_line_resumes_a_finished_run_and_refuses_bad_configs(trained, ca
     assert "model.init" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="data.audio_root"):
         load_clap_train_config(TINY, ["data.audio_root="])
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    data = generate_dataset(tmp_path / "data", SyntheticConfig(num_train=24, num_valid=8, num_test=0, seconds=3.0, sample_rate=16000))
+    common = [f"data.train_file={data['train']}", f"data.validation_file={data['valid']}", f"data.audio_root={data['audio_root']}",
+              "model.clip_seconds=3.0", "train.per_device_train_batch_size=8", "train.dataloader_num_workers=0",
+              "train.progress=false", "train.lr_scheduler_type=constant", "train.num_warmup_steps=0",
+              "sync_batchnorm=true"]  # one process: SyncBatchNorm computes plain batch norm
+    torch.set_num_threads(1)
+    whole = train_clap(load_clap_train_config(TINY, common + [f"output_dir={tmp_path / 'a'}", "train.num_train_epochs=2"]))
+    first = train_clap(load_clap_train_config(TINY, common + [f"output_dir={tmp_path / 'b'}", "train.num_train_epochs=1"]))
+    assert first.global_step == whole.global_step // 2
+    resumed = train_clap(load_clap_train_config(TINY, common + [f"output_dir={tmp_path / 'b'}", "train.num_train_epochs=2"]))
+    assert resumed.resumed_from is not None and resumed.global_step == whole.global_step
+    a = load_file(str(whole.final_dir / "model.safetensors"))
+    b = load_file(str(resumed.final_dir / "model.safetensors"))
+    assert set(a) == set(b) and any("running_mean" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
