@@ -100,3 +100,14 @@ def test_labelled_csv_layouts(tmp_path):
     bad.write_text("path,name\na.wav,x\n")
     with pytest.raises(ManifestError, match="bad.csv"):
         read_labelled_csv(bad)
+
+
+def test_chance_figures_by_hand_and_by_simulation():
+    from enclap.clap.evaluation import chance_retrieval
+
+    chance = chance_retrieval(4)
+    assert chance["t2a_R@1"] == pytest.approx(1 / 4) and chance["t2a_R@5"] == 1.0
+    assert chance["t2a_mAP@10"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    rng = np.random.default_rng(0)
+    runs = [retrieval_metrics(rng.random((20, 20)), list(range(20)))["t2a_mAP@10"] for _ in range(300)]
+    assert np.mean(runs) == pytest.approx(chance_retrieval(20)["t2a_mAP@10"], rel=0.05)
