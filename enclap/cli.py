@@ -48,5 +48,17 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def train_clap_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.train_clap import main
+
+    return main(argv)
+
+
+def eval_clap_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.evaluate_clap import main
+
+    return main(argv)
+
+
 if __name__ == "__main__":
     sys.exit(caption_main())

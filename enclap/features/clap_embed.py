@@ -145,6 +145,9 @@ class ClapAudioEmbedder:
     ) -> "ClapAudioEmbedder":
         """Load from a hub id, a ``save_pretrained`` directory, or a LAION ``.pt``/``.ckpt`` checkpoint.
 
+        A directory saved by a CLAP tower trained here (:class:`enclap.clap.modeling.ClapTowerModel`)
+        gives a :class:`enclap.clap.embedder.ClapTowerEmbedder` (the same :class:`AudioEmbedder` protocol).
+
         A LAION checkpoint is converted on the fly (:func:`enclap.clap.convert.load_laion_clap`); its
         architecture is chosen from the file name (``enable_fusion`` overrides the fusion flag), or given
         in full as ``laion_config`` (a transformers ClapConfig). For a hub id or
@@ -157,6 +160,11 @@ class ClapAudioEmbedder:
         from ..loading import load_pretrained
 
         name = str(name_or_path)
+        from ..clap.embedder import ClapTowerEmbedder, is_clap_tower_dir
+
+        if is_clap_tower_dir(name):
+            # a CLAP tower trained here (enclap-train-clap): same protocol, its own audio front end
+            return ClapTowerEmbedder.from_pretrained(name, device=device, batch_size=batch_size, seed=seed)  # type: ignore[return-value]
         if is_laion_checkpoint(name):
             from ..clap.convert import load_laion_clap
 
@@ -193,25 +201,9 @@ class ClapAudioEmbedder:
 
         Deterministic: crops of clips longer than the window depend only on the samples and ``seed``.
         """
-        fe = self.feature_extractor
-        samples = np.asarray(waveform, dtype=np.float64)
-        longer = samples.shape[0] > self.max_samples
-        if not longer:
-            mel, _ = fe._get_input_mel(samples, self.max_samples, fe.truncation, fe.padding)
-            return np.asarray(mel, dtype=np.float32), False
-        rng = np.random.default_rng([self.seed, _content_hash(waveform)])
-        if not self.enable_fusion:
-            start = int(rng.integers(0, samples.shape[0] - self.max_samples + 1))
-            crop = samples[start : start + self.max_samples]
-            mel, _ = fe._get_input_mel(crop, self.max_samples, fe.truncation, fe.padding)
-            return np.asarray(mel, dtype=np.float32), True
-        mel = fe._np_extract_fbank_features(samples, fe.mel_filters)
-        chunk_frames = self.max_samples // fe.hop_length + 1
-        total_frames = mel.shape[0]
-        if total_frames == chunk_frames:
-            # longer than the window by less than a hop: the whole mel fits, as in the feature extractor
-            return np.stack([mel] * 4).astype(np.float32), False
-        return _fusion_stack(mel, chunk_frames, rng), True
+        longer = np.asarray(waveform).shape[0] > self.max_samples
+        rng = np.random.default_rng([self.seed, _content_hash(waveform)]) if longer else None
+        return laion_input_features(self.feature_extractor, waveform, rng, enable_fusion=self.enable_fusion)
 
     # -------------------------------------------------------------------------------------------- embed
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -294,6 +286,35 @@ class ClapAudioEmbedder:
             "batch_invariant": self.batch_invariant,
             "forward_rows": FORWARD_ROWS if self.batch_invariant else None,
         }
+
+
+def laion_input_features(
+    fe: "ClapFeatureExtractor", waveform: np.ndarray, rng: np.random.Generator | None, *, enable_fusion: bool
+) -> tuple[np.ndarray, bool]:
+    """LAION's model input of one clip: ``(channels, frames, mels)`` float32 mel stack and the true is_longer.
+
+    A clip up to the window is repeat-padded (``fe.padding``); a longer one is represented by one crop
+    (non-fusion) or by the fusion stack, its crops drawn from ``rng`` (required then). Shared by
+    :class:`ClapAudioEmbedder` (crops seeded by the clip's content) and the CLAP tower's training data
+    (crops seeded by (seed, epoch, index)).
+    """
+    samples = np.asarray(waveform, dtype=np.float64)
+    max_samples = int(fe.nb_max_samples)
+    if samples.shape[0] <= max_samples:
+        mel, _ = fe._get_input_mel(samples, max_samples, fe.truncation, fe.padding)
+        return np.asarray(mel, dtype=np.float32), False
+    if rng is None:
+        raise ValueError(f"a clip of {samples.shape[0]} samples is longer than the {max_samples}-sample window: its crops need a generator")
+    if not enable_fusion:
+        start = int(rng.integers(0, samples.shape[0] - max_samples + 1))
+        mel, _ = fe._get_input_mel(samples[start : start + max_samples], max_samples, fe.truncation, fe.padding)
+        return np.asarray(mel, dtype=np.float32), True
+    mel = fe._np_extract_fbank_features(samples, fe.mel_filters)
+    chunk_frames = max_samples // fe.hop_length + 1
+    if mel.shape[0] == chunk_frames:
+        # longer than the window by less than a hop: the whole mel fits, as in the feature extractor
+        return np.stack([mel] * 4).astype(np.float32), False
+    return _fusion_stack(mel, chunk_frames, rng), True
 
 
 def laion_feature_extractor(enable_fusion: bool, **overrides: Any) -> "ClapFeatureExtractor":

@@ -1,0 +1,299 @@
+"""The CLAP tower as a :class:`~enclap.training.loop.TrainingTask`: contrastive training on captioned audio.
+
+**Data.** :class:`ClapTrainDataset` reads a caption manifest (either layout; one clip, several captions)
+and decodes the audio in the DataLoader workers (``enclap.audio.load_audio``, resampled to the tower's
+rate). Item ``(epoch, index)`` draws from ``example_rng(seed, epoch, index)`` alone: which of the
+clip's captions it is paired with this epoch, and the crop of a clip longer than the window (or the
+fusion crops of an HTS-AT fusion tower); clips shorter than the window are repeat-padded. A resumed
+run therefore sees exactly the pairs an uninterrupted one would.
+
+**Loss in the loop's sum contract.** The module returns one term, the symmetric InfoNCE of the batch
+(:class:`~enclap.clap.loss.ClipLoss` with features gathered across processes), and ``counts`` is 1
+per batch: a contrastive loss is not a sum over items (every pair's term depends on every other pair
+of the batch), so it cannot be split into per-item sums that add up across micro-batches. With count 1
+the loop's step loss is the mean of the micro-batch losses, and its gradient scaling (weight / global
+count x processes, then DDP's average) gives each process ``1 / accumulation`` of its loss: with
+gradients flowing through the gather, the averaged gradient is exactly that of the global-batch loss.
+Every trainable parameter is tied into the loss with weight 0 (``0 * p.sum()``): an HTS-AT fusion
+branch is unused by batches without long clips, and DDP refuses parameters that get no gradient.
+
+**Fusion limit.** An HTS-AT fusion tower trains its fusion block with batch norm over pooled values: a
+batch holding exactly one clip longer than the window cannot be normalised in training mode (as in
+LAION's code); batches of clips all within the window, or with several long ones, train normally.
+
+**Validation** is retrieval, not a loss: :func:`retrieval_validation` embeds the validation clips and all
+their captions and reports R@1/5/10 and mAP@10 both ways (:func:`enclap.clap.evaluation.retrieval_metrics`),
+as ``val_<name>``; the best checkpoint is picked by ``val_mAP@10`` (text-to-audio, DCASE's figure) by
+default. There is no validation loss: an in-batch contrastive loss depends on how clips are grouped
+into batches, and the loop's sharded validation would run the gathering loss on unequal numbers of
+batches per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..clap.embedder import tower_audio_input
+from ..clap.loss import ClipLoss
+from .loop import LossTerms, TrainingTask
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ..clap.modeling import ClapTowerModel
+
+logger = logging.getLogger(__name__)
+
+# The stream tag keeps the validation crops apart from the training examples' generators.
+VALIDATION_STREAM = 0xC1A9
+
+
+class ClapAudioSource:
+    """Clips of a manifest with their captions and audio files (resolved and checked up front)."""
+
+    def __init__(self, manifest: str | os.PathLike, audio_root: str | os.PathLike) -> None:
+        from ..data.manifest import read_manifest, resolve_audio_path
+
+        self.manifest = str(manifest)
+        clips = read_manifest(manifest)
+        self.captions = [list(c.captions) for c in clips]
+        self.keys = [c.key for c in clips]
+        self.audio_paths = [str(resolve_audio_path(c.file_path, audio_root)) for c in clips]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _TowerAudio:
+    """Audio decoding and the tower's input of one clip (picklable: it runs in DataLoader workers)."""
+
+    def __init__(self, config: Any) -> None:
+        from ..clap.modeling import htsat_feature_extractor
+
+        self.config = config
+        self.feature_extractor = htsat_feature_extractor(config) if config.audio_encoder == "htsat" else None
+
+    def __call__(self, path: str, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        from ..audio import load_audio
+
+        samples, _ = load_audio(path, self.config.sample_rate)
+        return tower_audio_input(self.config, self.feature_extractor, samples, rng)
+
+
+class ClapTrainDataset:
+    """Training pairs: item ``(epoch, index)`` -> the clip's audio input and one of its captions, tokenized."""
+
+    def __init__(self, source: ClapAudioSource, config: Any, tokenizer: Any, seed: int) -> None:
+        self.source = source
+        self.audio = _TowerAudio(config)
+        self.tokenizer = tokenizer
+        self.max_text_length = int(config.max_text_length)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
+        from ..data.dataset import example_rng
+
+        epoch, index = item
+        rng = example_rng(self.seed, epoch, index)
+        captions = self.source.captions[index]
+        caption = captions[int(rng.integers(len(captions)))]
+        features, longer = self.audio(self.source.audio_paths[index], rng)
+        ids = self.tokenizer(caption, truncation=True, max_length=self.max_text_length)["input_ids"]
+        return {"input_features": features, "is_longer": longer, "input_ids": ids}
+
+
+class ClapAudioDataset:
+    """Validation / evaluation audio: item ``index`` -> the clip's input (long clips cropped from a fixed seed)."""
+
+    def __init__(self, source: ClapAudioSource, config: Any, seed: int = 0) -> None:
+        self.source = source
+        self.audio = _TowerAudio(config)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, VALIDATION_STREAM, int(index)])
+        features, longer = self.audio(self.source.audio_paths[index], rng)
+        return {"input_features": features, "is_longer": longer, "index": int(index)}
+
+
+class ClapCollator:
+    """Stacks audio inputs; pads token ids on the right with ``pad_token_id`` (attention mask 0 there)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {
+            "input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples])),
+            "is_longer": torch.tensor([[bool(e["is_longer"])] for e in examples]),
+        }
+        if "input_ids" in examples[0]:
+            longest = max(len(e["input_ids"]) for e in examples)
+            ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(examples), longest), dtype=torch.long)
+            for row, e in enumerate(examples):
+                ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"], dtype=torch.long)
+                mask[row, : len(e["input_ids"])] = 1
+            batch.update(input_ids=ids, attention_mask=mask)
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch
+
+
+class ClapLossModule(nn.Module):
+    """The tower (``.tower``) returning its contrastive loss as the loop's one loss term, shape ``(1,)``."""
+
+    def __init__(self, tower: "ClapTowerModel", loss: ClipLoss) -> None:
+        super().__init__()
+        self.tower = tower
+        self.loss = loss
+
+    def forward(self, input_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                is_longer: torch.Tensor) -> torch.Tensor:
+        out = self.tower(input_features=input_features, input_ids=input_ids, attention_mask=attention_mask, is_longer=is_longer)
+        loss = self.loss(out["audio_embeds"], out["text_embeds"], out["logit_scale"])
+        # every trainable parameter in the graph (weight 0): DDP expects a gradient for each
+        anchor = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+        return (loss + anchor).reshape(1)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def embed_audio_dataset(
+    tower: "ClapTowerModel", dataset: ClapAudioDataset, *, batch_size: int = 16, num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """L2-normalised audio embeddings of ``dataset`` items (``indices``, default all), in that order."""
+    from torch.utils.data import DataLoader
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    out = np.zeros((len(indices), tower.dimension), dtype=np.float32)
+    if not indices:
+        return out
+    loader = DataLoader(dataset, sampler=indices, batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=ClapCollator(0))
+    device = next(tower.parameters()).device
+    was_training = tower.training
+    tower.eval()
+    row = 0
+    with torch.inference_mode():
+        for batch in loader:
+            emb = tower.get_audio_features(batch["input_features"].to(device), batch["is_longer"].to(device))
+            out[row : row + len(emb)] = emb.float().cpu().numpy()
+            row += len(emb)
+    tower.train(was_training)
+    return out
+
+
+def retrieval_validation(
+    model: "ClapTowerModel", dataset: ClapAudioDataset, accelerator: "Accelerator | None" = None, *,
+    batch_size: int = 16, num_workers: int = 0,
+) -> dict[str, float]:
+    """Retrieval figures of ``model`` on ``dataset`` (its clips and all their captions); see the module docstring.
+
+    With an ``accelerator`` every process embeds its shard of the clips and the embeddings are gathered
+    (every process returns the same figures); without one the main process embeds everything.
+    """
+    from ..clap.evaluation import retrieval_metrics
+    from .sampling import shard_indices
+
+    n = len(dataset)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        mine = shard_indices(n, accelerator.process_index, accelerator.num_processes)
+        local = embed_audio_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, indices=mine)
+        pairs = gather_object([(i, local[row]) for row, i in enumerate(mine)])
+        audio = np.zeros((n, model.dimension), dtype=np.float32)
+        for i, vector in pairs:
+            audio[i] = vector
+    else:
+        audio = embed_audio_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers)
+    captions = [caption for caps in dataset.source.captions for caption in caps]
+    owner = np.array([i for i, caps in enumerate(dataset.source.captions) for _ in caps], dtype=np.int64)
+    text = model.embed_texts(captions)
+    return retrieval_metrics(audio @ text.T, owner)
+
+
+class ClapTask(TrainingTask):
+    """The CLAP tower for :func:`~enclap.training.loop.run_training`; see the module docstring."""
+
+    def __init__(
+        self,
+        tower: "ClapTowerModel",
+        tokenizer: Any,
+        train_dataset: ClapTrainDataset,
+        validation: ClapAudioDataset | None = None,
+        *,
+        loss: ClipLoss | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        run_files: dict[str, str] | None = None,
+        export_files: dict[str, str] | None = None,
+        validation_batch_size: int = 16,
+    ) -> None:
+        tower.tokenizer = tokenizer
+        self.tower = tower
+        self.tokenizer = tokenizer
+        self.module = ClapLossModule(tower, loss or ClipLoss())
+        self.loss_terms = LossTerms(weights=[1.0], groups={})
+        self.train_dataset = train_dataset
+        self.val_dataset = None  # validation is retrieval (extra_validation), see the module docstring
+        self.validation = validation
+        self.collate_fn = ClapCollator(tokenizer.pad_token_id)
+        self._fingerprint = fingerprint or {}
+        self._run_files = dict(run_files or {})
+        self.export_files = dict(export_files or {})
+        self.validation_batch_size = int(validation_batch_size)
+
+    def counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        return torch.ones(1, dtype=torch.float64)
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: batch[k] for k in ("input_features", "input_ids", "attention_mask", "is_longer")}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
+
+    def run_files(self) -> dict[str, str]:
+        return self._run_files
+
+    def validation_metric_names(self) -> set[str]:
+        from ..clap.evaluation import RETRIEVAL_METRIC_NAMES
+
+        return {f"val_{name}" for name in RETRIEVAL_METRIC_NAMES} if self.validation is not None else set()
+
+    def extra_validation(self, module: nn.Module, step: int) -> dict[str, float]:
+        if self.validation is None:
+            return {}
+        figures = retrieval_validation(module.tower, self.validation, batch_size=self.validation_batch_size)
+        return {f"val_{name}": value for name, value in figures.items()}
+
+    def export(self, module: nn.Module, directory: Path) -> None:
+        """A tower directory: ClapTowerModel.from_pretrained and the CLAP embedder loader (enclap-extract --clap) read it."""
+        module.tower.save_pretrained(directory, tokenizer=self.tokenizer)
+        for name, text in self.export_files.items():
+            (Path(directory) / name).write_text(text)
+
+
+__all__ = [
+    "ClapAudioDataset",
+    "ClapAudioSource",
+    "ClapCollator",
+    "ClapLossModule",
+    "ClapTask",
+    "ClapTrainDataset",
+    "embed_audio_dataset",
+    "retrieval_validation",
+]
