@@ -139,8 +139,10 @@ class TrainClapConfig:
             problems.append("a tokenizer is needed: tokenizer.name_or_path, tokenizer.train_from_captions=true, or model.text_weights")
         if tok.name_or_path and tok.train_from_captions:
             problems.append("give tokenizer.name_or_path or tokenizer.train_from_captions=true, not both")
-        if self.train.per_device_train_batch_size < 2 and not self.loss.local_loss:
-            problems.append("train.per_device_train_batch_size must be >= 2: a contrastive batch needs negatives")
+        per_device = self.train.per_device_train_batch_size
+        if not self.loss.local_loss and (self.train.train_batch_size < 2 or (per_device is not None and per_device < 2)):
+            problems.append("train.train_batch_size (and per_device_train_batch_size, when set) must be >= 2: "
+                            "a contrastive batch needs negatives")
         if self.validation_batch_size < 1:
             problems.append("validation_batch_size must be >= 1")
         if problems:

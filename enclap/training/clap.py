@@ -42,9 +42,12 @@ from torch import nn
 
 from ..clap.embedder import tower_audio_input
 from ..clap.loss import ClipLoss
+from ..errors import ConfigError
 from .loop import LossTerms, TrainingTask
 
 if TYPE_CHECKING:
+    from .contract import ValidationContext
+    from .distributed import BatchGeometry
     from accelerate import Accelerator
 
     from ..clap.modeling import ClapTowerModel
@@ -274,15 +277,37 @@ class ClapTask(TrainingTask):
 
         return {f"val_{name}" for name in RETRIEVAL_METRIC_NAMES} if self.validation is not None else set()
 
-    def extra_validation(self, module: nn.Module, step: int) -> dict[str, float]:
+    def check_geometry(self, geometry: "BatchGeometry") -> None:
+        """Gradient accumulation does not enlarge a contrastive batch: the negatives of each loss are the pairs
+        of one micro-batch (gathered over the processes), so say so rather than let a user believe otherwise."""
+        if geometry.accumulation > 1:
+            logger.warning(
+                "CLAP training with %d accumulation steps: each contrastive loss sees %d pairs (one micro-batch over "
+                "%d process(es)), not the global batch of %d; raise per_device_train_batch_size or the process count "
+                "for more negatives", geometry.accumulation, geometry.global_micro_batch, geometry.num_processes,
+                geometry.global_batch)
+        if geometry.global_micro_batch < 2:
+            raise ConfigError(f"a contrastive batch needs negatives: {geometry.describe()} gives one pair per loss")
+
+    def extra_validation(self, module: nn.Module, step: int, context: "ValidationContext") -> dict[str, float]:
+        """Retrieval figures on the validation split; every process embeds its shard and the embeddings are gathered."""
         if self.validation is None:
             return {}
-        figures = retrieval_validation(module.tower, self.validation, batch_size=self.validation_batch_size)
+        figures = retrieval_validation(module.tower, self.validation, context.accelerator,
+                                       batch_size=self.validation_batch_size)
         return {f"val_{name}": value for name, value in figures.items()}
 
-    def export(self, module: nn.Module, directory: Path) -> None:
-        """A tower directory: ClapTowerModel.from_pretrained and the CLAP embedder loader (enclap-extract --clap) read it."""
-        module.tower.save_pretrained(directory, tokenizer=self.tokenizer)
+    def export(self, module: nn.Module, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
+        """A tower directory: ClapTowerModel.from_pretrained and the CLAP embedder loader (enclap-extract --clap) read it.
+
+        ``state_dict`` (the loss module's full weights, gathered by the loop on every process) is what is
+        written: under FSDP / ZeRO-3 the live module holds only this process's shards.
+        """
+        kwargs: dict[str, Any] = {}
+        if state_dict is not None:
+            prefix = "tower."
+            kwargs["state_dict"] = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        module.tower.save_pretrained(directory, tokenizer=self.tokenizer, **kwargs)
         for name, text in self.export_files.items():
             (Path(directory) / name).write_text(text)
 

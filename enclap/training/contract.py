@@ -218,6 +218,11 @@ class TrainingTask:
         """Files (name -> text) written into the output directory once the run is accepted (fresh, or resumable)."""
         return {}
 
+    def check_geometry(self, geometry: "BatchGeometry") -> None:
+        """Called once the batch geometry is known (processes, per-device batch, accumulation): raise or warn
+        where the task cannot train as configured (e.g. a contrastive loss, whose negatives come from one
+        micro-batch, under gradient accumulation). Default: anything goes."""
+
     def example_lengths(self) -> "list[int] | None":
         """Length of each training example (e.g. codec frames), for ``length_bucketing``; None: not supported."""
         return None

@@ -225,6 +225,7 @@ class Trainer:
             accumulation=cfg.gradient_accumulation_steps,
             launcher_accumulation=launcher,
         )
+        self.task.check_geometry(self.geometry)
         self.accumulation = self.geometry.accumulation
         self.global_micro_batch = self.geometry.global_micro_batch
         num_examples = len(self.task.train_dataset)

@@ -43,6 +43,7 @@ def test_published_shapes():
     [
         (["model.init=pretrained"], "model.init=pretrained needs"),
         (["model.init=random", "model.text_weights=roberta-base"], "takes no model.init_from"),
+        (["train.train_batch_size=1"], "negatives"),
         (["train.per_device_train_batch_size=1"], "negatives"),
         (["tokenizer.train_from_captions=false"], "a tokenizer is needed"),
         (["data.train_file="], "data.train_file"),

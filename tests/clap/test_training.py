@@ -124,7 +124,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
     data = generate_dataset(tmp_path / "data", SyntheticConfig(num_train=24, num_valid=8, num_test=0, seconds=3.0, sample_rate=16000))
     common = [f"data.train_file={data['train']}", f"data.validation_file={data['valid']}", f"data.audio_root={data['audio_root']}",
-              "model.clip_seconds=3.0", "train.per_device_train_batch_size=8", "train.dataloader_num_workers=0",
+              "model.clip_seconds=3.0", "train.train_batch_size=8", "train.dataloader_num_workers=0",
               "train.progress=false", "train.lr_scheduler_type=constant", "train.num_warmup_steps=0",
               "sync_batchnorm=true"]  # one process: SyncBatchNorm computes plain batch norm
     torch.set_num_threads(1)
