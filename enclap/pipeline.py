@@ -451,8 +451,14 @@ class CaptioningPipeline:
             disable=not progress or expected < 2,
         )
 
+        # The audio models' activations grow with the audio they are given at once: extract at most
+        # whole_clip_seconds of windows per call (what a whole clip costs), and batch only the generation.
+        per_extract = max(1, int(self.settings.whole_clip_seconds // max(window_s, 1e-9)))
+
         def caption_pending() -> None:
-            clips = extractor.extract([(samples, rate) for _, samples in pending])
+            clips = []
+            for first in range(0, len(pending), per_extract):
+                clips.extend(extractor.extract([(samples, rate) for _, samples in pending[first : first + per_extract]]))
             texts = self._generate([c.codes for c in clips], [c.clap for c in clips])
             for (first, samples), clip, text in zip(pending, clips, texts):
                 result.windows.append(WindowCaption(first / rate, (first + len(samples)) / rate, text))
