@@ -48,5 +48,17 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def search_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.search import main
+
+    return main(argv)
+
+
+def web_main(argv: Sequence[str] | None = None) -> int:
+    from .webapp import main
+
+    return main(argv)
+
+
 if __name__ == "__main__":
     sys.exit(caption_main())
