@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -159,9 +159,16 @@ def load_audio(
     the rest was not read. Raises a subclass of :class:`AudioError` naming the file and the reason for a
     missing, unreadable, corrupt, empty, non-audio or non-finite file.
     """
+    path = Path(path)
+    mono, native_sr = _read_mono(path, max_seconds, log_level=logging.WARNING)
+    target = native_sr if sample_rate is None else int(sample_rate)
+    return resample(mono, native_sr, target), target
+
+
+def _read_mono(path: Path, max_seconds: float | None, *, log_level: int) -> tuple[np.ndarray, int]:
+    """The first ``max_seconds`` (all when None) of ``path``, mono float32 at its own rate, checked."""
     import soundfile as sf
 
-    path = Path(path)
     with _open(path) as f:
         native_sr = f.samplerate
         total = f.frames
@@ -169,8 +176,9 @@ def load_audio(
         if max_seconds is not None and total > 0:
             limit = min(total, int(math.ceil(max_seconds * native_sr)))
             if limit < total:
-                logger.warning(
-                    "%s: read the first %.2f s of %.2f s (max_seconds=%s)", path, limit / native_sr, total / native_sr, max_seconds
+                logger.log(
+                    log_level, "%s: read the first %.2f s of %.2f s (max_seconds=%s)",
+                    path, limit / native_sr, total / native_sr, max_seconds,
                 )
         try:
             samples = f.read(frames=limit if limit > 0 else -1, dtype="float32", always_2d=True)
@@ -187,8 +195,7 @@ def load_audio(
     peak = float(np.abs(mono).max())
     if peak > 1.0:
         logger.warning("%s: peak %.3f exceeds full scale; samples are kept as they are, not clipped", path, peak)
-    target = native_sr if sample_rate is None else int(sample_rate)
-    return resample(mono, native_sr, target), target
+    return mono, native_sr
 
 
 def stream_audio(
@@ -261,6 +268,112 @@ def split_windows(
     return [Window(s / sample_rate, (s + win) / sample_rate, samples[s : s + win]) for s in starts]
 
 
+def window_count(num_samples: int, window_samples: int, hop_samples: int) -> int:
+    """How many windows :func:`split_windows` / :func:`stream_windows` cut from ``num_samples`` samples."""
+    if num_samples <= window_samples:
+        return 1
+    regular = (num_samples - window_samples) // hop_samples + 1
+    return regular + (1 if (regular - 1) * hop_samples + window_samples < num_samples else 0)
+
+
+def stream_windows(
+    blocks: Iterable[np.ndarray], window_samples: int, hop_samples: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start sample, samples)`` of the windows :func:`split_windows` cuts, from consecutive blocks.
+
+    The same windows as ``split_windows(np.concatenate(blocks), ...)`` (a window every hop, the last one
+    aligned to the end, a recording shorter than a window given whole), but holding only about one
+    window plus one block at a time, so a recording of any length streams through in bounded memory.
+    """
+    if window_samples < 1 or hop_samples < 1:
+        raise ValueError(f"window and hop must be at least one sample, got {window_samples}, {hop_samples}")
+    buffer = np.zeros(0, dtype=np.float32)
+    buffer_start = 0  # sample index of buffer[0] in the recording
+    total = 0
+    next_start = 0
+    last_end = 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        total += len(block)
+        while next_start + window_samples <= total:
+            offset = next_start - buffer_start
+            yield next_start, buffer[offset : offset + window_samples].copy()
+            last_end = next_start + window_samples
+            next_start += hop_samples
+        # Keep what a later window can still need: the next regular window, or the end-aligned last one.
+        keep_from = max(buffer_start, min(next_start, total - window_samples))
+        buffer = buffer[keep_from - buffer_start :]
+        buffer_start = keep_from
+    if total == 0:
+        return
+    if last_end == 0:  # shorter than one window: the whole recording
+        yield 0, buffer.copy()
+    elif last_end < total:
+        start = total - window_samples
+        yield start, buffer[start - buffer_start :].copy()
+
+
+@dataclass
+class AudioSource:
+    """A recording to read from the start or stream block by block: a file, or samples already in memory.
+
+    ``frames`` is the length at ``sample_rate`` (the file's own rate) as the header declares it.
+    """
+
+    name: str
+    sample_rate: int
+    frames: int
+    path: Path | None = None
+    samples: np.ndarray | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    def read(self, max_seconds: float | None = None) -> np.ndarray:
+        """The first ``max_seconds`` (everything when None), mono float32 at :attr:`sample_rate`."""
+        if self.samples is not None:
+            if max_seconds is None:
+                return self.samples
+            return self.samples[: int(math.ceil(max_seconds * self.sample_rate))]
+        # Reading only the start of a longer recording is what the caller asked for: not a warning.
+        return _read_mono(self.path, max_seconds, log_level=logging.DEBUG)[0]
+
+    def blocks(self, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+        """Consecutive mono float32 blocks at :attr:`sample_rate` (see :func:`stream_audio`)."""
+        if self.samples is not None:
+            step = max(1, int(block_seconds * self.sample_rate))
+            return (self.samples[i : i + step] for i in range(0, len(self.samples), step))
+        return stream_audio(self.path, None, block_seconds=block_seconds)
+
+
+def open_source(source: "str | os.PathLike | tuple[np.ndarray, int]", index: int = 0) -> AudioSource:
+    """An :class:`AudioSource` for a file path or a ``(mono samples, sample_rate)`` pair.
+
+    Reads only the header of a file. Raises :class:`AudioError` naming the file (or ``waveform
+    {index}`` for samples) and the reason when the input is not usable audio.
+    """
+    if isinstance(source, tuple):
+        name = f"waveform {index}"
+        try:
+            samples, rate = source
+        except (TypeError, ValueError):
+            raise AudioError(name, "expected a (samples, sample_rate) pair") from None
+        samples = np.asarray(samples)
+        if samples.ndim != 1:
+            raise AudioError(name, f"expected mono 1-D samples, got shape {samples.shape}")
+        samples = samples.astype(np.float32, copy=False)
+        if int(rate) <= 0:
+            raise AudioError(name, f"sample rate must be positive, got {rate}")
+        _validate_samples(name, samples)
+        return AudioSource(name, int(rate), len(samples), samples=samples)
+    path = Path(source)
+    info = audio_info(path)
+    if info.frames == 0:
+        raise EmptyAudioError(path, "audio has zero samples")
+    return AudioSource(str(path), info.sample_rate, info.frames, path=path)
+
+
 def find_audio_files(root: str | os.PathLike) -> list[Path]:
     """Every file below ``root`` with an audio extension, sorted for a stable order."""
     root = Path(root)
@@ -273,13 +386,17 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "AudioInfo",
+    "AudioSource",
     "Window",
     "audio_info",
     "check_waveform",
     "find_audio_files",
     "load_audio",
+    "open_source",
     "resample",
     "split_windows",
     "stream_audio",
+    "stream_windows",
     "to_mono",
+    "window_count",
 ]

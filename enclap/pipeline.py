@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .audio import open_source
 from .errors import AudioError, ConfigError, InvalidFeaturesError
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from .audio import AudioSource
     from .features.extractor import ClipFeatures, FeatureExtractor
     from .model import EnClapBartForConditionalGeneration
 
@@ -88,12 +91,19 @@ class PipelineSettings:
     # windows and keeps the candidate the model finds most likely across all of them.
     long_audio: str = "truncate"
     window_hop_fraction: float = 0.5
+    # Recordings up to this long are read whole, so both towers see all of it exactly as the feature
+    # extraction (and the reference) does: the CLAP embedding of a 30 s Clotho clip stays that of the
+    # whole clip. Longer recordings are never held in memory: "truncate" reads only their first
+    # max(whole_clip_seconds, encoder window) seconds, "windows" streams them window by window.
+    whole_clip_seconds: float = 30.0
 
     def validate(self) -> None:
         if self.long_audio not in LONG_AUDIO_MODES:
             raise ConfigError(f"long_audio must be one of {LONG_AUDIO_MODES}, got {self.long_audio!r}")
         if not 0 < self.window_hop_fraction <= 1:
             raise ConfigError(f"window_hop_fraction must be in (0, 1], got {self.window_hop_fraction}")
+        if not self.whole_clip_seconds >= 0:
+            raise ConfigError(f"whole_clip_seconds must be >= 0, got {self.whole_clip_seconds}")
 
     @classmethod
     def read(cls, directory: str | os.PathLike) -> "PipelineSettings":
@@ -127,6 +137,32 @@ class CaptionResult:
 
     source: str
     caption: str | None
+    error: str | None = None
+
+
+@dataclass
+class WindowCaption:
+    """The caption of one window of a recording; ``start`` and ``end`` in seconds from its beginning."""
+
+    start: float
+    end: float
+    caption: str
+
+
+@dataclass
+class TimedCaptionResult:
+    """Captions of one recording, window by window, and the one caption chosen for all of it.
+
+    ``caption`` is the window caption the model finds most likely across all windows (as
+    ``long_audio="windows"`` chooses); ``duration`` is the recording's length in seconds. When the
+    input could not be read, ``error`` says why; windows captioned before a fault part-way through
+    the file are kept.
+    """
+
+    source: str
+    caption: str | None
+    windows: list[WindowCaption]
+    duration: float | None
     error: str | None = None
 
 
@@ -247,9 +283,17 @@ class CaptioningPipeline:
                 progress(len(idx))
         return captions  # type: ignore[return-value]
 
+    @property
+    def window_seconds(self) -> float:
+        """The encoder's window in seconds: the longest stretch one caption hears (13.6 s for EnCLAP's models)."""
+        return self.max_frames / self._require_features().codec.frame_rate
+
     def caption_audio(self, waveforms: Sequence[tuple[np.ndarray, int]]) -> list[str]:
-        """Captions for ``(mono samples, sample_rate)`` pairs."""
-        return self.caption_features(self._require_features().extract(waveforms))
+        """Captions for ``(mono samples, sample_rate)`` pairs, exactly as :meth:`caption_files` captions files.
+
+        Raises :class:`~enclap.errors.AudioError` naming ``waveform {i}`` for an input that is not usable audio.
+        """
+        return [r.caption for r in self._caption_sources(list(waveforms), skip_errors=False)]  # type: ignore[misc]
 
     def caption_files(
         self,
@@ -259,31 +303,170 @@ class CaptioningPipeline:
         max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[CaptionResult]:
-        """Caption audio files. With ``skip_errors`` a bad file gives a result with ``error`` set instead of raising."""
-        from .audio import load_audio
+        """Caption audio files. With ``skip_errors`` a bad file gives a result with ``error`` set instead of raising.
 
+        Memory does not grow with a file's length: a recording longer than ``whole_clip_seconds`` is
+        never read whole (see :class:`PipelineSettings`). ``max_seconds`` captions only each file's start.
+        """
+        return self._caption_sources(list(paths), skip_errors=skip_errors, max_seconds=max_seconds, progress=progress)
+
+    def caption_timed(
+        self,
+        sources: Sequence[str | os.PathLike | tuple[np.ndarray, int]],
+        window: float | None = None,
+        hop: float | None = None,
+        progress: bool = False,
+    ) -> list[TimedCaptionResult]:
+        """Caption every window of each recording (files or ``(samples, rate)`` pairs) as it streams through.
+
+        Windows are ``window`` seconds long (default: the encoder's window, :attr:`window_seconds`) and
+        start every ``hop`` seconds (default: ``window``, so they tile the recording); the last one is
+        aligned to the end of the recording, and a recording shorter than a window is one window. Each
+        window gets its own EnCodec codes, CLAP embedding and caption: the window's caption is exactly
+        that of the window cut out and captioned alone. The recording's ``caption`` is the window
+        caption with the best mean log-likelihood across all windows. Only one batch of windows of audio
+        is held at a time (plus each window's codes and embedding, a few kB), so memory does not grow
+        with the recording. Recordings are captioned one after another and never batched together, so a
+        recording's captions do not depend on the others. A bad input gives a result with ``error`` set
+        (never an exception); ``progress`` shows a progress bar per recording of more than one window.
+        """
+        window_s, hop_s = self._window_and_hop(window, hop)
+        results = []
+        for index, item in enumerate(sources):
+            name = f"waveform {index}" if isinstance(item, tuple) else str(item)
+            result = TimedCaptionResult(name, None, [], None)
+            try:
+                self._caption_stream(open_source(item, index), window_s, hop_s, result, progress=progress)
+            except AudioError as err:
+                result.error = err.reason
+            results.append(result)
+        return results
+
+    def _window_and_hop(self, window: float | None, hop: float | None) -> tuple[float, float]:
+        window_s = self.window_seconds if window is None else float(window)
+        hop_s = window_s if hop is None else float(hop)
+        if not (window_s > 0 and hop_s > 0 and np.isfinite(window_s) and np.isfinite(hop_s)):
+            raise ConfigError(f"window and hop must be positive numbers of seconds, got {window} and {hop}")
+        if window_s > self.window_seconds + 1e-6:
+            logger.warning(
+                "window %.2f s is longer than the encoder's %.2f s: each window's caption hears its codes' first %.2f s "
+                "(its CLAP embedding all of it)", window_s, self.window_seconds, self.window_seconds,
+            )
+        return window_s, hop_s
+
+    def _caption_sources(
+        self,
+        sources: list,
+        *,
+        skip_errors: bool,
+        max_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[CaptionResult]:
+        """Captions of files or ``(samples, rate)`` pairs in the pipeline's ``long_audio`` mode, in input order.
+
+        Recordings up to ``whole_clip_seconds`` (after ``max_seconds``) are read whole and batched. A
+        longer one is read only as far as "truncate" uses it, or streamed window by window by "windows".
+        """
         extractor = self._require_features()
+        window_s = self.window_seconds
+        # What truncate mode reads of a long recording: whatever CLAP's context is, never less than the
+        # encoder's window (plus a second, so the codec's last kept frames do not see an artificial end).
+        truncate_seconds = max(self.settings.whole_clip_seconds, window_s + 1.0)
+        if max_seconds is not None:
+            truncate_seconds = min(truncate_seconds, max_seconds)
         results: list[CaptionResult] = []
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start : start + self.batch_size]
-            good: list[int] = []
+        for start in range(0, len(sources), self.batch_size):
+            chunk = sources[start : start + self.batch_size]
+            batch_results = [
+                CaptionResult(f"waveform {start + i}" if isinstance(item, tuple) else str(item), None)
+                for i, item in enumerate(chunk)
+            ]
+            whole: list[int] = []
             audio: list[tuple[np.ndarray, int]] = []
-            batch_results = [CaptionResult(str(p), None) for p in chunk]
-            for i, path in enumerate(chunk):
+            for i, item in enumerate(chunk):
                 try:
-                    audio.append(load_audio(path, max_seconds=max_seconds))
-                    good.append(i)
+                    source = open_source(item, start + i)
+                    duration = source.duration if max_seconds is None else min(source.duration, max_seconds)
+                    if self.settings.long_audio == "windows" and duration > self.settings.whole_clip_seconds:
+                        timed = TimedCaptionResult(source.name, None, [], None)
+                        hop_s = window_s * self.settings.window_hop_fraction
+                        self._caption_stream(source, window_s, hop_s, timed, max_seconds=max_seconds)
+                        batch_results[i].caption = timed.caption
+                        continue
+                    limit = truncate_seconds if self.settings.long_audio == "truncate" else max_seconds
+                    audio.append((source.read(limit if duration > (limit or np.inf) else None), source.sample_rate))
+                    whole.append(i)
                 except AudioError as err:
                     if not skip_errors:
                         raise
                     batch_results[i].error = err.reason
             if audio:
-                for i, text in zip(good, self.caption_features(extractor.extract(audio))):
+                for i, text in zip(whole, self.caption_features(extractor.extract(audio))):
                     batch_results[i].caption = text
             results.extend(batch_results)
             if progress:
                 progress(len(chunk))
         return results
+
+    def _caption_stream(
+        self,
+        source: "AudioSource",
+        window_s: float,
+        hop_s: float,
+        result: TimedCaptionResult,
+        *,
+        progress: bool = False,
+        max_seconds: float | None = None,
+    ) -> None:
+        """Fill ``result`` with the window captions of ``source`` and its most likely caption, streaming it.
+
+        Windows are appended as they are captioned, so a fault part-way through the file (raised as
+        :class:`AudioError`) leaves the windows before it in ``result``.
+        """
+        import sys
+
+        from tqdm import tqdm
+
+        from .audio import stream_windows, window_count
+
+        extractor = self._require_features()
+        rate = source.sample_rate
+        win = max(1, int(round(window_s * rate)))
+        hop = max(1, int(round(hop_s * rate)))
+        frames = source.frames if max_seconds is None else min(source.frames, int(math.ceil(max_seconds * rate)))
+        blocks = source.blocks()
+        if max_seconds is not None:
+            blocks = _first_samples(blocks, frames)
+        expected = window_count(frames, win, hop)
+        features: list["ClipFeatures"] = []  # codes + CLAP embedding of each window: a few kB, not its audio
+        pending: list[tuple[int, np.ndarray]] = []
+        end = 0
+        bar = tqdm(
+            total=expected, desc=Path(source.name).name, unit="window", leave=False, file=sys.stderr,
+            disable=not progress or expected < 2,
+        )
+
+        def caption_pending() -> None:
+            clips = extractor.extract([(samples, rate) for _, samples in pending])
+            texts = self._generate([c.codes for c in clips], [c.clap for c in clips])
+            for (first, samples), clip, text in zip(pending, clips, texts):
+                result.windows.append(WindowCaption(first / rate, (first + len(samples)) / rate, text))
+                features.append(clip)
+            bar.update(len(pending))
+            pending.clear()
+
+        with bar:
+            for first, samples in stream_windows(blocks, win, hop):
+                pending.append((first, samples))
+                end = max(end, first + len(samples))
+                if len(pending) == self.batch_size:
+                    caption_pending()
+            if pending:
+                caption_pending()
+        result.duration = end / rate
+        result.caption = self._most_likely_caption(
+            [c.codes for c in features], [c.clap for c in features], [w.caption for w in result.windows]
+        )
 
     # ---------------------------------------------------------------------------------- internals
     def _check_features(self, clip: "ClipFeatures", name: str) -> None:
@@ -342,29 +525,61 @@ class CaptioningPipeline:
             for start in range(0, len(windows), self.batch_size):
                 part = windows[start : start + self.batch_size]
                 candidates.extend(self._generate(part, [clip.clap] * len(part)))
-            unique = list(dict.fromkeys(candidates))
-            if len(windows) == 1 or len(unique) == 1:
-                captions.append(unique[0])
-            else:
-                scores = self._mean_log_likelihood(windows, clip.clap, unique)
-                captions.append(unique[int(np.argmax(scores))])
+            captions.append(self._most_likely_caption(windows, [clip.clap] * len(windows), candidates))
             if progress:
                 progress(1)
         return captions
 
-    def _mean_log_likelihood(self, windows: Sequence[np.ndarray], clap: np.ndarray, candidates: Sequence[str]) -> np.ndarray:
-        """Mean over windows of each candidate's per-token log-likelihood; shape (len(candidates),)."""
+    def _most_likely_caption(
+        self, codes: Sequence[np.ndarray], claps: Sequence[np.ndarray], candidates: Sequence[str]
+    ) -> str:
+        """Of the windows' own captions, the one with the best mean log-likelihood over all windows."""
+        unique = list(dict.fromkeys(candidates))
+        if len(unique) == 1:
+            return unique[0]
+        return unique[int(np.argmax(self._mean_log_likelihood(codes, claps, unique)))]
+
+    def _mean_log_likelihood(
+        self, windows: Sequence[np.ndarray], claps: Sequence[np.ndarray], candidates: Sequence[str]
+    ) -> np.ndarray:
+        """Mean over windows of each candidate's mean per-token log-likelihood given that window's codes
+        and CLAP embedding; shape (len(candidates),).
+
+        Each window is encoded once; the candidates are decoded against it ``batch_size`` at a time, so
+        memory stays at one batch of logits however many windows and candidates there are.
+        """
         import torch
 
         labels = self.tokenizer(list(candidates), padding=True, return_tensors="pt")["input_ids"].to(self.device)
         labels = labels.masked_fill(labels == self.tokenizer.pad_token_id, -100)
         totals = np.zeros(len(candidates))
-        for window in windows:
-            inputs = self._encoder_inputs([window] * len(candidates), [clap] * len(candidates))
+        for window, clap in zip(windows, claps):
+            inputs = self._encoder_inputs([window], [clap])
             with torch.inference_mode():
-                logits = self.model(**inputs, labels=labels).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            mask = labels != -100
-            token_lp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-            totals += (token_lp.sum(-1) / mask.sum(-1)).cpu().numpy()
+                encoded = self.model.get_encoder()(
+                    input_ids=inputs["input_ids"], clap_embedding=inputs["clap_embedding"],
+                    encodec_mask=inputs["encodec_mask"], attention_mask=inputs["attention_mask"],
+                ).last_hidden_state
+                for start in range(0, len(candidates), self.batch_size):
+                    part = labels[start : start + self.batch_size]
+                    count = part.shape[0]
+                    logits = self.model(
+                        attention_mask=inputs["attention_mask"].expand(count, -1),
+                        encoder_outputs=(encoded.expand(count, -1, -1),),
+                        labels=part,
+                    ).logits
+                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    mask = part != -100
+                    token_lp = logp.gather(-1, part.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+                    totals[start : start + count] += (token_lp.sum(-1) / mask.sum(-1)).cpu().numpy()
         return totals / len(windows)
+
+
+def _first_samples(blocks: Iterator[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    """The blocks cut off after ``count`` samples in all."""
+    seen = 0
+    for block in blocks:
+        if seen >= count:
+            return
+        yield block[: count - seen]
+        seen += len(block)

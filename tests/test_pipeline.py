@@ -117,7 +117,7 @@ def test_long_audio_windows_mode(checkpoint, tmp_path):
     chosen = windows.caption_features([feats])[0]
     assert chosen in candidates
     if len(candidates) > 1:
-        scores = windows._mean_log_likelihood(parts, feats.clap, candidates)
+        scores = windows._mean_log_likelihood(parts, [feats.clap] * len(parts), candidates)
         assert chosen == candidates[int(np.argmax(scores))]
 
 
