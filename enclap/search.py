@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import AudioError, EnclapError
+from .features.store import _save_npy_atomic, _write_atomic  # temp file, fsync, rename: the feature store's commit
 from .fileio import fsync_dir
 
 if TYPE_CHECKING:
@@ -88,15 +89,6 @@ class IndexReport:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.parent / f"{_TMP}{path.name}.{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _file_key(path: Path) -> tuple[int, int]:
@@ -307,9 +299,9 @@ class _IndexWriter:
         offsets = np.zeros(len(lines) + 1, dtype=np.int64)
         np.cumsum([len(line) for line in lines], out=offsets[1:])
         array = np.ascontiguousarray(embeddings, dtype=self.info["dtype"])
-        _atomic_write(self.directory / f"{name}.emb.npy", lambda fh: np.save(fh, array, allow_pickle=False))
-        _atomic_write(self.directory / f"{name}.files.jsonl", lambda fh: fh.writelines(lines))
-        _atomic_write(self.directory / f"{name}.offsets.npy", lambda fh: np.save(fh, offsets, allow_pickle=False))
+        _save_npy_atomic(self.directory / f"{name}.emb.npy", array)
+        _write_atomic(self.directory / f"{name}.files.jsonl", b"".join(lines))
+        _save_npy_atomic(self.directory / f"{name}.offsets.npy", offsets)
         return {"name": name, "rows": len(lines)}
 
     def commit(self, segments: list[dict[str, Any]], failed: dict[str, dict[str, Any]]) -> None:
@@ -317,8 +309,7 @@ class _IndexWriter:
         self.info["segments"] = segments
         self.info["failed"] = failed
         self.info["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        data = (json.dumps(self.info, indent=1, ensure_ascii=False) + "\n").encode()
-        _atomic_write(self.directory / INDEX_FILE, lambda fh: fh.write(data))
+        _write_atomic(self.directory / INDEX_FILE, (json.dumps(self.info, indent=1, ensure_ascii=False) + "\n").encode())
         fsync_dir(self.directory)
         self._remove_orphans()
 
@@ -361,8 +352,7 @@ class _IndexWriter:
         emb_path.unlink()
         os.replace(header_tmp, final)
         os.replace(lines_path, self.directory / f"{name}.files.jsonl")
-        offsets_array = np.asarray(offsets, dtype=np.int64)
-        _atomic_write(self.directory / f"{name}.offsets.npy", lambda fh: np.save(fh, offsets_array, allow_pickle=False))
+        _save_npy_atomic(self.directory / f"{name}.offsets.npy", np.asarray(offsets, dtype=np.int64))
         return {"name": name, "rows": rows_kept}
 
 

@@ -23,7 +23,7 @@ from enclap.webapp import format_time
 
 from .conftest import network_requests
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
 
 TIMEOUT = 300  # seconds for one caption or search on a loaded machine
 INITIAL_STATUS = "Upload a recording or record one, then press Caption."
@@ -80,10 +80,24 @@ def open_page(driver, server) -> None:
 
 
 def text_of(driver, selector: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    elements = driver.find_elements(By.CSS_SELECTOR, selector)
-    return elements[0].text.strip() if elements else ""
+    """The visible text of an element without Gradio's progress tracker (its timer reads like "0.6s"), or "" while
+    that tracker is pending."""
+    return driver.execute_script(
+        """
+        const element = document.querySelector(arguments[0]);
+        if (!element) return "";
+        const tracker = element.querySelector('[data-testid="status-tracker"]');
+        if (tracker && !tracker.classList.contains('hide')) return "";
+        const copy = element.cloneNode(true);
+        copy.querySelectorAll('[data-testid="status-tracker"]').forEach(t => t.remove());
+        document.body.appendChild(copy);
+        copy.style.position = 'absolute'; copy.style.left = '-10000px';
+        const text = copy.innerText;
+        copy.remove();
+        return text.trim();
+        """,
+        selector,
+    )
 
 
 def upload_and_caption(driver, path: Path) -> str:
@@ -109,10 +123,11 @@ def press_caption(driver) -> str:
 
 
 def table_rows(driver, selector: str) -> list[list[str]]:
+    """The body rows of a Gradio Dataframe as rendered (its virtual rows, in row order)."""
     return driver.execute_script(
-        "return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr'))"
-        ".map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim()))"
-        ".filter(r => r.some(c => c.length))",
+        "return Array.from(document.querySelectorAll(arguments[0] + ' [role=row].virtual-row'))"
+        ".sort((a, b) => Number(a.dataset.index) - Number(b.dataset.index))"
+        ".map(r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.textContent.trim()))",
         selector,
     )
 
@@ -157,7 +172,7 @@ def test_a_long_recording_gets_its_table_of_windows(browser, server, demo_pipeli
     long_file = tmp_path / "long recording.flac"
     sf.write(str(long_file), np.concatenate(parts), rate)
     expected = demo_pipeline.caption_timed([long_file])[0]
-    assert len(expected.windows) >= 3  # longer than two encoder windows
+    assert len(expected.windows) >= 2  # longer than the encoder's window
 
     open_page(browser, server)
     network_requests(browser)

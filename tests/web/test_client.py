@@ -8,7 +8,7 @@ import pytest
 
 from enclap.webapp import format_time
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
 
 
 def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
