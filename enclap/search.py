@@ -53,7 +53,7 @@ FORMAT_NAME = "enclap-audio-search-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 DTYPES = ("float16", "float32")
-BLOCK_ROWS = 65_536  # rows scored per matrix product (a 512-d float32 block is 128 MiB)
+BLOCK_ROWS = 16_384  # rows scored per matrix product (a 512-d block: 16 MiB float16 + 32 MiB float32)
 COMMIT_EVERY = 256  # files embedded between two commits of an indexing run
 MAX_SEGMENTS = 16  # more segments than this are merged into one at the end of a run
 _TMP = ".tmp-"
@@ -186,8 +186,14 @@ class SearchIndex:
         return np.load(self._segment_file(self.segments[segment]["name"], ".emb.npy"), mmap_mode="r")
 
     def iter_blocks(self, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """(first global row, float32 block) over all embeddings, read into one reused buffer."""
-        buffer = np.empty((block_rows, self.dim), dtype=self.dtype)
+        """(first global row, float32 block) over all embeddings, read into one reused buffer.
+
+        The block is a view of that buffer: it is overwritten by the next one (copy what must outlive it).
+        """
+        largest = max((int(s["rows"]) for s in self.segments), default=0)
+        buffer = np.empty((max(1, min(block_rows, largest)), self.dim), dtype=self.dtype)
+        # float16 rows are widened into a second reused buffer: no allocation per block
+        wide = buffer if buffer.dtype == np.float32 else np.empty(buffer.shape, dtype=np.float32)
         raw = memoryview(buffer).cast("B")
         row_bytes = self.dim * buffer.itemsize
         first = 0
@@ -205,7 +211,9 @@ class SearchIndex:
                     got = fh.readinto(raw[: count * row_bytes])
                     if got != count * row_bytes:
                         raise SearchIndexError(f"{path}: truncated ({got} of {count * row_bytes} bytes of a block)")
-                    yield first, buffer[:count].astype(np.float32, copy=False)
+                    if wide is not buffer:
+                        np.copyto(wide[:count], buffer[:count])
+                    yield first, wide[:count]
                     first += count
                     remaining -= count
 

@@ -213,7 +213,9 @@ def test_search_shows_ranked_playable_results(browser, server, demo_root, test_c
     from enclap.features.clap_text import ClapTextEmbedder
 
     query = "a dog barks"
-    clap_dir = str(demo_root / "runs/demo/models/clap")
+    from enclap.pipeline import PipelineSettings
+
+    clap_dir = PipelineSettings.read(demo_root / "runs/demo/captioner/best").clap  # the CLAP the demo captioner names
     audio = ClapAudioEmbedder.from_pretrained(clap_dir)
     text = ClapTextEmbedder.from_pretrained(clap_dir)
     dense = {
@@ -241,10 +243,14 @@ def test_search_shows_ranked_playable_results(browser, server, demo_root, test_c
     assert all(min(s for _, s in shown) >= s - 2e-3 for s in left_out)
     # the best result is loaded into the player, served by the app
     source = wait_for(
-        lambda: browser.execute_script("const a = document.querySelector('#search-player audio'); return a && a.src"),
-        "the result player",
+        lambda: browser.execute_script(
+            "const p = document.querySelector('#search-player');"
+            "const e = p && p.querySelector('audio[src], [src*=\"gradio_api/file=\"], a[href*=\"gradio_api/file=\"]');"
+            "return e && (e.src || e.href)"
+        ),
+        "the result player", 60,
     )
-    assert "gradio_api/file=" in source and source.endswith(shown[0][0])
+    assert "gradio_api/file=" in source and source.endswith(shown[0][0].replace(" ", "%20"))
     screenshot(browser, "web-search.png")
     assert_local(network_requests(browser), server.url)
 
