@@ -221,7 +221,8 @@ def stream_audio(
         for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):
             mono = to_mono(chunk)
             if not np.isfinite(mono).all():
-                raise NonFiniteAudioError(path, f"NaN or infinite samples near {seen / native_sr:.2f} s")
+                first = seen + int(np.argmax(~np.isfinite(mono)))
+                raise NonFiniteAudioError(path, f"NaN or infinite samples from {first / native_sr:.2f} s")
             seen += mono.shape[0]
             out = resampler.resample_chunk(mono, last=False) if resampler else mono
             if out.size:

@@ -5,6 +5,11 @@ the feature extractor (EnCodec + CLAP). It captions precomputed features, wavefo
 batches sorted by length, returning captions in input order. There is no other copy of
 audio -> caption in the project.
 
+Recordings of any length are read in bounded memory (:class:`PipelineSettings` says what each tower
+sees of a long one). :meth:`CaptioningPipeline.caption_timed` captions a recording window by window as
+it streams through, each window with its start and end (:class:`TimedCaptionResult`), plus one caption
+for the whole recording; :mod:`enclap.caption_formats` writes these as TSV, CSV, JSON, SRT or WebVTT.
+
 A checkpoint directory written by :meth:`CaptioningPipeline.save_pretrained` holds the model
 (``config.json`` + weights), the tokenizer and ``pipeline.json`` (which EnCodec / CLAP produced the
 features it was trained on, and the generation settings), so that ``from_pretrained(dir)`` needs

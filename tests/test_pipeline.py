@@ -97,6 +97,25 @@ def test_bad_files_are_reported_not_fatal_when_asked(pipeline, tmp_path):
         pipeline.caption_files([bad["text"]])
 
 
+def independent_mean_log_likelihood(pipeline, codes, claps, candidates) -> np.ndarray:
+    """Mean over windows of each candidate's mean token log-probability, by a direct teacher-forced forward
+    of the BART model: one window and one candidate at a time, no padding, the decoder input written out
+    (decoder start token, then the caption's tokens but the last), log-softmax in float64."""
+    from enclap.model import build_encoder_inputs
+
+    totals = np.zeros(len(candidates))
+    for window, clap in zip(codes, claps):
+        inputs = build_encoder_inputs([window], np.asarray(clap)[None], max_frames=pipeline.max_frames)
+        for j, text in enumerate(candidates):
+            target = torch.tensor([pipeline.tokenizer(text)["input_ids"]])
+            decoder_input = torch.cat([torch.tensor([[pipeline.model.config.decoder_start_token_id]]), target[:, :-1]], 1)
+            with torch.no_grad():
+                logits = pipeline.model(**inputs, decoder_input_ids=decoder_input).logits[0].double()
+            logp = torch.log_softmax(logits, dim=-1)[torch.arange(target.shape[1]), target[0]]
+            totals[j] += float(logp.mean())
+    return totals / len(codes)
+
+
 def test_long_audio_windows_mode(checkpoint, tmp_path):
     """Short clips caption exactly as in truncate mode; long ones pick the best candidate across windows."""
     windows = CaptioningPipeline.from_pretrained(checkpoint, device="cpu", long_audio="windows")
@@ -104,8 +123,11 @@ def test_long_audio_windows_mode(checkpoint, tmp_path):
     short = write_audio(tmp_path / "short.wav", tone(0.8, 16000), 16000)
     assert windows.caption_files([short])[0].caption == truncate.caption_files([short])[0].caption
 
+    # A tone, noise, then a higher tone: windows that propose different captions (checked below).
     rng = np.random.default_rng(3)
-    long_audio = np.concatenate([tone(1.5, 16000, 300.0), 0.3 * rng.standard_normal(16000 * 3).astype(np.float32)])
+    long_audio = np.concatenate([
+        tone(1.5, 16000, 300.0), 0.3 * rng.standard_normal(16000 * 2).astype(np.float32), tone(1.5, 16000, 1700.0, 0.2),
+    ])
     feats = windows.features.extract([(long_audio, 16000)])[0]
     assert len(feats.codes) > windows.max_frames
     from enclap.model import split_codes_into_windows
@@ -114,11 +136,12 @@ def test_long_audio_windows_mode(checkpoint, tmp_path):
     assert len(parts) >= 3
     candidates = list(dict.fromkeys(truncate.caption_features(
         [type(feats)(codes=p, clap=feats.clap) for p in parts])))
-    chosen = windows.caption_features([feats])[0]
-    assert chosen in candidates
-    if len(candidates) > 1:
-        scores = windows._mean_log_likelihood(parts, [feats.clap] * len(parts), candidates)
-        assert chosen == candidates[int(np.argmax(scores))]
+    assert len(candidates) > 1, "the windows must propose different captions for the choice to be tested"
+    expected = independent_mean_log_likelihood(windows, parts, [feats.clap] * len(parts), candidates)
+    best = np.sort(expected)[::-1]
+    assert best[0] - best[1] > 1e-3, "a near-tie would make the choice depend on rounding"
+    np.testing.assert_allclose(windows._mean_log_likelihood(parts, [feats.clap] * len(parts), candidates), expected, atol=1e-4)
+    assert windows.caption_features([feats])[0] == candidates[int(np.argmax(expected))]
 
 
 def test_loading_errors_are_clear(tmp_path, checkpoint):
