@@ -256,8 +256,8 @@ def test_search_shows_ranked_playable_results(browser, server, demo_root, test_c
 
 
 def test_the_page_uses_system_fonts_only(browser, server):
+    network_requests(browser)  # drop what earlier tests left in the log
     open_page(browser, server)
-    network_requests(browser)
     fonts = browser.execute_script(
         "return Array.from(document.fonts).filter(f => f.status !== 'unloaded').map(f => f.family)"
     )

@@ -25,6 +25,7 @@ def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
     windows = windows.get("value", windows)  # an update of the table's value and visibility
     assert windows["data"] == [[format_time(w.start), format_time(w.end), w.caption] for w in expected.windows]
     assert Path(picture).suffix == ".png" and Path(picture).stat().st_size > 0
+    tags = tags.get("value", tags)
     assert len(tags["confidences"]) == 5
 
     bad = tmp_path / "not audio.wav"
