@@ -54,8 +54,20 @@ def train_clap_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def search_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.search import main
+
+    return main(argv)
+
+
 def eval_clap_main(argv: Sequence[str] | None = None) -> int:
     from .jobs.evaluate_clap import main
+
+    return main(argv)
+
+
+def web_main(argv: Sequence[str] | None = None) -> int:
+    from .webapp import main
 
     return main(argv)
 

@@ -1,0 +1,42 @@
+"""The web demo's API through gradio_client, against the same server the browser tests use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from enclap.webapp import format_time
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
+
+
+def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from enclap.pipeline import CaptioningPipeline
+
+    clip = sorted((demo_root / "runs/demo/data/audio/test").glob("*.wav"))[1]
+    client = Client(server.url, verbose=False)
+    status, caption, windows, picture, tags = client.predict(handle_file(str(clip)), api_name="/caption")
+    expected = CaptioningPipeline.from_pretrained(demo_root / "runs/demo/captioner/best", device="cpu").caption_timed([clip])[0]
+    assert status.startswith(f"Captioned **{clip.name}**")
+    assert caption == expected.caption
+    windows = windows.get("value", windows)  # an update of the table's value and visibility
+    assert windows["data"] == [[format_time(w.start), format_time(w.end), w.caption] for w in expected.windows]
+    assert Path(picture).suffix == ".png" and Path(picture).stat().st_size > 0
+    tags = tags.get("value", tags)
+    assert len(tags["confidences"]) == 5
+
+    bad = tmp_path / "not audio.wav"
+    bad.write_text("hello")
+    status, caption, *_ = client.predict(handle_file(str(bad)), api_name="/caption")
+    assert status.startswith("**Could not caption `not audio.wav`:**") and caption == ""
+
+    status, results, choices, played = client.predict("rain on a roof", 3, api_name="/search")
+    results = results.get("value", results)
+    assert status.startswith("3 best of")
+    ranks = [row[0] for row in results["data"]]
+    scores = [row[1] for row in results["data"]]
+    assert ranks == [1, 2, 3] and scores == sorted(scores, reverse=True)
+    assert Path(played).name == Path(results["data"][0][2]).name
