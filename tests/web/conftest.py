@@ -6,7 +6,7 @@ process), and a headless Chromium driven by Selenium with its network log switch
 
 Where Chromium or its driver cannot be found the browser tests skip, except under ``CI=true``, where
 they fail: CI installs both (.ci/run), so a missing browser there is a broken set-up, not a reason to
-pass. (``require`` is local to these tests; a shared helper in tests/conftest.py can replace it.)
+pass. (``require`` from tests/conftest.py.)
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import require
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,15 +32,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,1400",
 )
 SERVER_START_SECONDS = 600  # loading torch + models and indexing on a loaded 2-core machine
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when ``condition`` is false, but fail under CI=true (CI must run these tests)."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: the browser tests must run here; .ci/run installs chromium and chromium-driver)")
-    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -118,13 +111,13 @@ def browser(tmp_path_factory):
     """Headless Chromium (Debian's chromium + chromium-driver) with the performance (network) log on."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
-    require(chromium is not None, "chromium is not installed (apt-get install chromium)")
-    require(driver_path is not None, "chromedriver is not installed (apt-get install chromium-driver)")
+    require(chromium is not None, "chromium", "apt-get install chromium (.ci/run does)")
+    require(driver_path is not None, "chromedriver", "apt-get install chromium-driver (.ci/run does)")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        require(False, "selenium is not installed (pip install -r requirements.txt)")
+        require(False, "selenium", "pip install -r requirements-dev.txt (make install does)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
