@@ -268,3 +268,32 @@ def test_a_feature_model_that_cannot_be_found_is_named(tmp_path, capsys):
         assert main(args) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "does not exist" in err
+
+
+def test_deterministic_kernels_make_the_threaded_gather_backward_reproducible():
+    """The masked-codec loss gathers encoder rows by index; its backward accumulates into shared rows."""
+    import torch
+
+    from enclap.jobs.demo import deterministic_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(8, 231, 64, generator=generator, requires_grad=True)
+    rows_b = torch.randint(0, 8, (5000,), generator=generator)
+    rows_t = torch.randint(0, 231, (5000,), generator=generator)
+    weights = torch.randn(5000, 64, generator=generator)
+
+    def gradient() -> torch.Tensor:
+        hidden.grad = None
+        (hidden[rows_b, rows_t] * weights).sum().backward()
+        return hidden.grad.clone()
+
+    # an independent computation of the same gradient: every gathered row adds its weights to its source row
+    expected = torch.zeros_like(hidden, dtype=torch.float64)
+    expected.index_put_((rows_b, rows_t), weights.double(), accumulate=True)
+    before = torch.are_deterministic_algorithms_enabled()
+    with torch_threads(2), deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled()
+        grads = [gradient() for _ in range(5)]
+    assert torch.are_deterministic_algorithms_enabled() == before  # restored
+    assert all(torch.equal(g, grads[0]) for g in grads)
+    assert torch.allclose(grads[0].double(), expected, atol=1e-5)
