@@ -148,6 +148,8 @@ class ClapTowerConfig(PretrainedConfig):
             problems.append("logit_scale_max must be > 0 and logit_scale_init <= log(logit_scale_max)")
         if self.clip_seconds <= 0:
             problems.append(f"clip_seconds must be > 0, got {self.clip_seconds}")
+        if self.audio_encoder == "htsat" and self.clip_seconds > 10.0:
+            problems.append(f"clip_seconds must be <= 10 for HTS-AT (its mel image holds 10 s), got {self.clip_seconds}")
         if self.max_text_length < 2:
             problems.append(f"max_text_length must be >= 2, got {self.max_text_length}")
         if self.audio_encoder == "cnn14":
@@ -156,8 +158,26 @@ class ClapTowerConfig(PretrainedConfig):
                 problems.append(f"audio_config: unknown CNN14 key(s) {sorted(unknown)}; known: {sorted(CNN14_DEFAULTS)}")
             if int(self.audio_config.get("base_channels", 1)) < 1:
                 problems.append("audio_config.base_channels must be >= 1")
+            # five 2x2 poolings: the mel image must be at least 32 bins high and 32 frames long
+            if int(self.audio_config.get("mel_bins", 64)) < 32:
+                problems.append(f"audio_config.mel_bins must be >= 32 (CNN14 halves it five times), got {self.audio_config.get('mel_bins')}")
+            frames = self.clip_seconds * int(self.audio_config.get("sample_rate", 1)) / int(self.audio_config.get("hop_size", 1))
+            if frames < 32:
+                problems.append(f"clip_seconds={self.clip_seconds} gives {frames:.0f} frames; CNN14 needs >= 32 (halved five times)")
         if problems:
             raise ConfigError("ClapTowerConfig: " + "; ".join(problems))
 
+
+def _register() -> None:
+    # AutoTokenizer / AutoConfig read config.json of a tower directory: let them know the model type.
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.register(ClapTowerConfig.model_type, ClapTowerConfig)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register()
 
 __all__ = ["AUDIO_ENCODERS", "CNN14_DEFAULTS", "HTSAT_DEFAULTS", "PROJECTIONS", "TEXT_POOLINGS", "ClapTowerConfig"]

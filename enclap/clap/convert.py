@@ -242,6 +242,24 @@ def _relative_position_index(window: int) -> "torch.Tensor":
     return relative.sum(-1)
 
 
+def state_dict_problems(expected: dict, state: dict) -> list[str]:
+    """What keeps ``state`` from filling a module whose state dict is ``expected`` exactly ([] when it fits)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    detail = []
+    if missing:
+        detail.append(f"missing {len(missing)} key(s), e.g. {missing[:5]}")
+    if unexpected:
+        detail.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
+    if mismatched:
+        k = mismatched[0]
+        detail.append(
+            f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        )
+    return detail
+
+
 def load_laion_clap(
     path: str | Path,
     device: "str | torch.device" = "cpu",
@@ -272,22 +290,8 @@ def load_laion_clap(
     config = config if config is not None else clap_config_for_checkpoint(path, **overrides)
     state = convert_laion_clap_checkpoint(load_state_dict(path), config)
     model = ClapModel(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"missing {len(missing)} key(s), e.g. {missing[:5]}")
-        if unexpected:
-            detail.append(f"unexpected {len(unexpected)} key(s), e.g. {unexpected[:5]}")
-        if mismatched:
-            k = mismatched[0]
-            detail.append(
-                f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} vs "
-                f"model {tuple(expected[k].shape)}"
-            )
+    detail = state_dict_problems(model.state_dict(), state)
+    if detail:
         raise CheckpointError(
             f"{path}: does not fit the CLAP architecture chosen for it "
             f"(audio {config.audio_config.patch_embeds_hidden_size}-d HTSAT depths {list(config.audio_config.depths)}, "

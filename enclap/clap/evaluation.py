@@ -113,6 +113,14 @@ def retrieval_metrics(similarity: np.ndarray, caption_clip: Sequence[int]) -> di
     return figures
 
 
+def chance_retrieval(clips: int) -> dict[str, float]:
+    """Expected figures of a random ranking of ``clips`` clips (text->audio; audio->text with equally many captions per clip)."""
+    n = max(int(clips), 1)
+    t2a = {f"t2a_R@{k}": min(k, n) / n for k in RETRIEVAL_KS}
+    t2a["t2a_mAP@10"] = sum(1.0 / r for r in range(1, min(10, n) + 1)) / n
+    return {**t2a, "a2t_R@1": 1.0 / n}
+
+
 def topk_accuracy(scores: np.ndarray, labels: Sequence[int], ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy of ``(items, classes)`` scores against class indices (ties broken against the item)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -202,7 +210,7 @@ def evaluate_retrieval(embedder: Any, manifest: str | os.PathLike, audio_root: s
         "clips": len(clips),
         "captions": len(captions),
         "metrics": retrieval_metrics(audio @ text.T, owner),
-        "chance": {"t2a_R@1": 1.0 / max(len(clips), 1), "a2t_R@1": min(1.0, len(captions) / max(len(clips), 1) / max(len(captions), 1))},
+        "chance": chance_retrieval(len(clips)),
     }
 
 

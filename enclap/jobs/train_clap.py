@@ -188,8 +188,7 @@ def load_audio_weights(tower: "ClapTowerModel", source: str) -> None:
     from ..features.clap_embed import ClapAudioEmbedder
 
     clap = ClapAudioEmbedder.from_pretrained(source).model  # hub id, ClapModel directory or LAION checkpoint
-    audio = {f"audio_model.{k}": v for k, v in clap.audio_model.state_dict().items()}
-    _load_strict(tower.audio_model, {k[len("audio_model."):]: v for k, v in audio.items()}, f"model.audio_weights {source}")
+    _load_strict(tower.audio_model, clap.audio_model.state_dict(), f"model.audio_weights {source}")
 
 
 def build_tower(config: TrainClapConfig) -> "ClapTowerModel":
@@ -261,59 +260,6 @@ def check_tokenizer_fits(tower: "ClapTowerModel", tokenizer: Any) -> None:
         )
 
 
-def export_transformers_clap(tower: "ClapTowerModel", directory: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Write an HTS-AT + RoBERTa tower as a plain transformers ClapModel directory (ClapModel.from_pretrained loads it).
-
-    Requires pooler pooling and MLP projections (transformers' ClapModel reads RoBERTa's pooler output
-    through a Linear-ReLU-Linear projection). The feature extractor (and tokenizer, when given) are saved too.
-    """
-    import torch
-    from transformers import ClapConfig, ClapModel, ClapTextConfig
-
-    from ..clap.modeling import _load_strict, htsat_feature_extractor
-
-    c = tower.config
-    text = tower.text_model.config
-    if c.audio_encoder != "htsat" or text.model_type != "roberta" or c.text_pooling != "pooler" or c.projection != "mlp":
-        raise ConfigError(
-            "only an HTS-AT + RoBERTa tower with text_pooling=pooler and projection=mlp is a transformers ClapModel "
-            f"(this one: {c.audio_encoder} + {text.model_type}, pooling {c.text_pooling}, projection {c.projection})"
-        )
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id",
-            "hidden_dropout_prob", "attention_probs_dropout_prob")
-    hf_config = ClapConfig(
-        text_config=ClapTextConfig(**{k: getattr(text, k) for k in keys}).to_dict(),
-        audio_config=c.htsat_config().to_dict(),
-        projection_dim=c.projection_dim,
-        logit_scale_init_value=float(tower.scale().detach()),
-    )
-    model = ClapModel(hf_config)
-    state = {}
-    for prefix in ("text_model", "audio_model", "text_projection", "audio_projection"):
-        state.update({f"{prefix}.{k}": v for k, v in getattr(tower, prefix).state_dict().items()})
-    with torch.no_grad():
-        state["logit_scale_a"] = tower.logit_scale.detach().clone()
-        state["logit_scale_t"] = tower.logit_scale.detach().clone()
-    expected = model.state_dict()
-    for k in expected:  # buffers transformers keeps that a RobertaModel may not (token_type_ids)
-        if k not in state and not k.endswith(("position_ids", "token_type_ids")):
-            continue
-        state.setdefault(k, expected[k])
-    _load_strict(model, state, "the tower")
-    directory = Path(directory)
-    model.save_pretrained(directory)
-    htsat_feature_extractor(c).save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _exports_transformers(tower: "ClapTowerModel") -> bool:
-    c = tower.config
-    return c.audio_encoder == "htsat" and tower.text_model.config.model_type == "roberta" and c.text_pooling == "pooler" and c.projection == "mlp"
-
-
 # --------------------------------------------------------------------------------------------- the job
 def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = None) -> "TrainingResult":
     """Run (or resume) the CLAP training ``config`` describes; data and pretrained parts are checked first."""
@@ -323,6 +269,7 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     from accelerate.utils import set_seed
     from omegaconf import OmegaConf
 
+    from ..clap.interop import export_transformers_clap, exports_as_transformers_clap
     from ..clap.loss import ClipLoss
     from ..training.clap import ClapAudioDataset, ClapAudioSource, ClapTask, ClapTrainDataset
     from ..training.loop import make_accelerator, run_training
@@ -352,9 +299,10 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     tower = build_tower(config)
     tower.tokenizer = tokenizer
     check_tokenizer_fits(tower, tokenizer)
-    if config.sync_batchnorm and accelerator.num_processes > 1:
-        if accelerator.device.type == "cpu":
+    if config.sync_batchnorm:
+        if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
             raise ConfigError("sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU leave it off")
+        # (in one process SyncBatchNorm computes plain batch norm)
         tower = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tower)
     config_text = OmegaConf.to_yaml(OmegaConf.structured(config))
     fingerprint = {
@@ -376,7 +324,7 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
         export_files={CONFIG_FILE: config_text},
         validation_batch_size=config.validation_batch_size,
     )
-    if _exports_transformers(tower):
+    if exports_as_transformers_clap(tower):
         plain_export = task.export
 
         def export(module: Any, directory: Path) -> None:
@@ -456,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "TrainClapConfig",
     "build_tower",
-    "export_transformers_clap",
     "load_clap_train_config",
     "main",
     "train_clap",

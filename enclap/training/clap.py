@@ -17,6 +17,10 @@ gradients flowing through the gather, the averaged gradient is exactly that of t
 Every trainable parameter is tied into the loss with weight 0 (``0 * p.sum()``): an HTS-AT fusion
 branch is unused by batches without long clips, and DDP refuses parameters that get no gradient.
 
+**Fusion limit.** An HTS-AT fusion tower trains its fusion block with batch norm over pooled values: a
+batch holding exactly one clip longer than the window cannot be normalised in training mode (as in
+LAION's code); batches of clips all within the window, or with several long ones, train normally.
+
 **Validation** is retrieval, not a loss: :func:`retrieval_validation` embeds the validation clips and all
 their captions and reports R@1/5/10 and mAP@10 both ways (:func:`enclap.clap.evaluation.retrieval_metrics`),
 as ``val_<name>``; the best checkpoint is picked by ``val_mAP@10`` (text-to-audio, DCASE's figure) by

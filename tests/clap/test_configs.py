@@ -1,0 +1,63 @@
+"""Every cfg/clap/*.yaml resolves to a valid run; the random ones build their tower; bad settings are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from enclap.clap.configuration import ClapTowerConfig
+from enclap.errors import ConfigError
+from enclap.jobs.train_clap import load_clap_train_config, tower_config_from
+
+CFG = Path(__file__).resolve().parents[2] / "cfg" / "clap"
+PATHS = ["output_dir=x", "data.train_file=t.csv", "data.audio_root=a"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CFG.glob("*.yaml")))
+def test_configs_resolve(name):
+    config = load_clap_train_config(CFG / name, PATHS + (["model.audio_weights=w.pth"] if name == "cnn14_mpnet.yaml" else []))
+    tower = tower_config_from(config.model, config.model.text_config or {"model_type": "roberta"})
+    assert isinstance(tower, ClapTowerConfig)
+    if config.model.init == "random":
+        from enclap.clap.modeling import ClapTowerModel
+
+        with torch.device("meta"):  # shapes only
+            model = ClapTowerModel(tower)
+        assert model.config.projection_dim == config.model.projection_dim
+
+
+def test_published_shapes():
+    laion = load_clap_train_config(CFG / "htsat_roberta.yaml", PATHS).model
+    assert (laion.audio_encoder, laion.text_weights, laion.text_pooling, laion.projection) == ("htsat", "roberta-base", "pooler", "mlp")
+    assert laion.audio_config["enable_fusion"] and laion.audio_config["depths"] == [2, 2, 6, 2]
+    gpt2 = load_clap_train_config(CFG / "htsat_gpt2.yaml", PATHS).model
+    assert (gpt2.text_weights, gpt2.text_pooling) == ("gpt2", "last")
+    dcase = load_clap_train_config(CFG / "cnn14_mpnet.yaml", PATHS + ["model.audio_weights=w.pth"]).model
+    assert (dcase.audio_encoder, dcase.text_pooling, dcase.audio_config["base_channels"]) == ("cnn14", "mean", 64)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.init=pretrained"], "model.init=pretrained needs"),
+        (["model.init=random", "model.text_weights=roberta-base"], "takes no model.init_from"),
+        (["train.per_device_train_batch_size=1"], "negatives"),
+        (["tokenizer.train_from_captions=false"], "a tokenizer is needed"),
+        (["data.train_file="], "data.train_file"),
+    ],
+)
+def test_bad_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_clap_train_config(CFG / "tiny.yaml", PATHS + overrides)
+
+
+def test_missing_audio_is_named(tmp_path):
+    from enclap.errors import AudioNotFoundError
+    from enclap.training.clap import ClapAudioSource
+
+    manifest = tmp_path / "train.csv"
+    manifest.write_text("file_path,caption\ntrain/clip_0001.npy,a beep\n")
+    with pytest.raises(AudioNotFoundError, match="clip_0001"):
+        ClapAudioSource(manifest, tmp_path / "audio")
