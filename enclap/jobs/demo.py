@@ -364,21 +364,27 @@ class _Demo:
 
     # ------------------------------------------------------------------------- 3. clap
 
+    def _training_overrides(self, output_dir: Path) -> list[str]:
+        """What the demo sets in both training configs: where the run writes, its data, where it runs."""
+        cpu = self.options.device == "cpu" or (self.options.device == "auto" and not _cuda_available())
+        return [
+            f"output_dir={output_dir}",
+            f"data.train_file={self.layout.manifest('train')}",
+            f"data.validation_file={self.layout.manifest('valid')}",
+            f"train.cpu={str(cpu).lower()}",
+            f"train.progress={str(self.options.progress).lower()}",
+        ]
+
     def clap_config(self):
         """The CLAP tower's training config: cfg/clap/tiny.yaml < the scale's overrides < the demo's paths."""
         from .train_clap import load_clap_train_config
 
         layout = self.layout
-        cpu = self.options.device == "cpu" or (self.options.device == "auto" and not _cuda_available())
         overrides = [
             *self.scale.clap_overrides,
-            f"output_dir={layout.clap}",
-            f"data.train_file={layout.manifest('train')}",
-            f"data.validation_file={layout.manifest('valid')}",
+            *self._training_overrides(layout.clap),
             f"data.audio_root={layout.audio}",
             f"model.clip_seconds={self.scale.seconds}",  # the clips' length: no crops, no padding
-            f"train.cpu={str(cpu).lower()}",
-            f"train.progress={str(self.options.progress).lower()}",
         ]
         try:
             config = load_clap_train_config(self.options.clap_config, overrides)
@@ -512,16 +518,7 @@ class _Demo:
         from ..jobs.train_captioner import load_train_config
 
         layout = self.layout
-        cpu = self.options.device == "cpu" or (self.options.device == "auto" and not _cuda_available())
-        overrides = [
-            *self.scale.train_overrides,
-            f"output_dir={layout.captioner}",
-            f"data.train_file={layout.manifest('train')}",
-            f"data.validation_file={layout.manifest('valid')}",
-            f"data.features={layout.features}",
-            f"train.cpu={str(cpu).lower()}",
-            f"train.progress={str(self.options.progress).lower()}",
-        ]
+        overrides = [*self.scale.train_overrides, *self._training_overrides(layout.captioner), f"data.features={layout.features}"]
         if self.options.random_feature_models:
             # pipeline.json of the exported models names the feature models relative to the model directory
             # (captioner/final -> ../../models/...), so the run directory can be moved as a whole.
