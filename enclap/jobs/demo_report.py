@@ -62,7 +62,7 @@ class DemoResult:
 
 
 def _score_row(label: str, scores: dict[str, float], names: Sequence[str]) -> str:
-    return f"  {label:<33}| " + " | ".join(f"{scores.get(m, float('nan')):8.4f}" for m in names)
+    return f"  {label:<35}| " + " | ".join(f"{scores.get(m, float('nan')):8.4f}" for m in names)
 
 
 def format_clap(clap: dict[str, Any]) -> list[str]:
@@ -91,7 +91,7 @@ def format_summary(result: DemoResult) -> str:
     if result.scores:
         names = [m for m in HEADLINE_METRICS if m in result.scores]
         head = " | ".join(f"{HEADLINE_METRICS[m]:>8}" for m in names)
-        lines += ["", f"  {'test scores':<33}| {head}", _score_row("trained captioner", result.scores, names)]
+        lines += ["", f"  {'test scores':<35}| {head}", _score_row("trained captioner", result.scores, names)]
         if result.constant_baseline:
             lines.append(_score_row("audio-blind: best constant caption", result.constant_baseline["scores"], names))
         lines.append(_score_row("untrained (random init)", result.baseline_scores, names))
