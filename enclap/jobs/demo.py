@@ -1,7 +1,7 @@
 """The one-command demo: the whole EnCLAP pipeline, end to end, on the synthetic captioned data set.
 
     make demo                         # = the venv, then `enclap-demo`
-    enclap-demo [--output runs/demo] [--quick] [--device auto] [--force STAGE] [key=value ...]
+    enclap-demo [--output runs/demo] [--quick] [--seed N] [--device auto] [--force STAGE] [key=value ...]
     python -m enclap.jobs.demo ...
 
 Seven stages, each the project's own job, all writing under one directory (``--output``, default
