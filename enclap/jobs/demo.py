@@ -111,7 +111,7 @@ class DemoScale:
     clap_overrides: tuple[str, ...] = ()  # on top of cfg/clap/tiny.yaml
 
 
-# The full demo: a few minutes on 2 CPU cores (the figures in README.md), enough training for the
+# The full demo: a few minutes on 2 CPU cores (bench/bench_demo_seeds.py times it), enough training for the
 # captions to follow the audio, and a test split large enough (200 clips, 1000 references) that the
 # scores move little from one seed to the next (bench/bench_demo_seeds.py measures how little).
 FULL = DemoScale(
