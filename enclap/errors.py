@@ -38,6 +38,10 @@ class NonFiniteAudioError(AudioError):
     """The file holds NaN or infinite samples."""
 
 
+class AudioPathOutsideRootError(AudioError):
+    """A manifest entry leads outside its audio root: an absolute path, a '..', or a symbolic link out."""
+
+
 class ConfigError(EnclapError):
     """A configuration file or override is invalid."""
 

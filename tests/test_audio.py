@@ -106,7 +106,7 @@ def test_bad_inputs_raise_typed_errors_naming_the_file(tmp_path):
     expected = {
         "empty": (EmptyAudioError, "empty"),
         "text": (AudioDecodeError, "not a readable audio file"),
-        "garbage": (AudioDecodeError, ""),
+        "garbage": (AudioDecodeError, "not a readable audio file"),
         "truncated": (AudioDecodeError, "truncated"),
     }
     for name, path in bad.items():

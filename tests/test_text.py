@@ -24,8 +24,12 @@ def test_tokenizer_of_a_small_vocabulary_checkpoint_loads_without_a_config_warni
     transformers_logger.addHandler(collect)
     try:
         tokenizer = load_tokenizer(checkpoint)
+        # The collector does hear transformers' warnings, so an empty list below means there were none.
+        logging.getLogger("transformers.configuration_utils").warning("probe: encodec_pad_token_id")
     finally:
         transformers_logger.removeHandler(collect)
+    assert collect.messages[-1] == "probe: encodec_pad_token_id"
+    collect.messages.pop()
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     assert len(tokenizer) < 1024  # the case where transformers' BART config took the codec pad id for a text token
     assert not [m for m in collect.messages if "encodec_pad_token_id" in m]

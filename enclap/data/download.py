@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import tarfile
 import time
@@ -276,6 +277,100 @@ def _check_member_names(archive: Path, names: Iterable[str]) -> None:
         raise DownloadError(f"{archive}: refusing to extract members outside the destination: {', '.join(bad[:5])}")
 
 
+# What a POSIX file type is called in an error; regular files (and a type of 0: no Unix mode stored) and
+# directories are the only members a data set archive needs.
+_SPECIAL_KINDS = {
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def _special_kind(mode: int) -> str | None:
+    """None for a regular file or directory (or no Unix file type), else what the member is."""
+    file_type = stat.S_IFMT(mode)
+    if file_type in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    return _SPECIAL_KINDS.get(file_type, f"file type {file_type:#o}")
+
+
+def _refuse_special_members(archive: Path, kinds: Iterable[tuple[str, str | None]]) -> None:
+    """Refuse links, devices, fifos and sockets, given ``(member name, kind or None)`` for every member.
+
+    A symbolic link can point outside the destination (and a later member can then be written through it),
+    a hard link can alias a file outside it, and a device or fifo is never data: none is extracted.
+    """
+    bad = [f"{name} ({kind})" for name, kind in kinds if kind]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DownloadError(
+            f"{archive}: refusing to extract links or special files, which can point or write outside the "
+            f"destination: {', '.join(bad[:5])}{more}"
+        )
+
+
+def _zip_member_kind(info: zipfile.ZipInfo) -> str | None:
+    # The high 16 bits of external_attr hold the Unix mode when the archiver stored one (0 otherwise).
+    return _special_kind(info.external_attr >> 16)
+
+
+def _tar_member_kind(member: tarfile.TarInfo) -> str | None:
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    if member.ischr():
+        return "character device"
+    if member.isblk():
+        return "block device"
+    if member.isfifo():
+        return "fifo"
+    if member.isfile() or member.isdir():
+        return None
+    return f"tar member type {member.type!r}"
+
+
+def _py7zr_member_kind(member) -> str | None:
+    """A py7zr ``ArchiveFile``: Unix links and Windows reparse points (symlinks, junctions) are links."""
+    if member.is_symlink or member.is_junction:
+        return "symbolic link"
+    if member.is_socket:
+        return "socket"
+    return _special_kind(member.st_fmt or 0)
+
+
+# A 7-Zip ``l -slt`` attribute string is "<Windows letters> <Unix mode>", e.g. "A -rw-r--r--",
+# "AL lrwxrwxrwx", " prw-r--r--" or just "A"; 'L' among the letters is a reparse point (a Windows link).
+_UNIX_TYPE_CHARS = {"l": "symbolic link", "p": "fifo", "c": "character device", "b": "block device", "s": "socket"}
+
+
+def _7zip_listing_kinds(listing: str) -> list[tuple[str, str | None]]:
+    """``(name, kind)`` of every member in the output of ``7z l -slt`` (the archive's own block is skipped)."""
+    _, _, members = listing.partition("\n----------\n")
+    result: list[tuple[str, str | None]] = []
+    for block in members.split("\n\n"):
+        fields = dict(line.split(" = ", 1) for line in block.splitlines() if " = " in line)
+        name = fields.get("Path")
+        if name is None:
+            continue
+        kind = None
+        if fields.get("Symbolic Link", "").strip():
+            kind = "symbolic link"
+        elif fields.get("Hard Link", "").strip():
+            kind = "hard link"
+        else:
+            letters, _, unix_mode = fields.get("Attributes", "").partition(" ")
+            unix_mode = unix_mode.strip()
+            if "L" in letters:
+                kind = "symbolic link"
+            elif unix_mode and unix_mode[0] not in "-d":
+                kind = _UNIX_TYPE_CHARS.get(unix_mode[0], f"file type '{unix_mode[0]}'")
+        result.append((name, kind))
+    return result
+
+
 def _extract_7z(archive: Path, dest_dir: Path) -> None:
     try:
         import py7zr  # optional: Clotho is the only 7z user
@@ -285,6 +380,7 @@ def _extract_7z(archive: Path, dest_dir: Path) -> None:
         try:
             with py7zr.SevenZipFile(archive, mode="r") as z:
                 _check_member_names(archive, z.getnames())
+                _refuse_special_members(archive, ((m.filename, _py7zr_member_kind(m)) for m in z.files))
                 z.extractall(path=dest_dir)
         except py7zr.exceptions.Bad7zFile as err:
             raise DownloadError(f"{archive}: not a readable 7z archive ({err})") from err
@@ -298,7 +394,9 @@ def _extract_7z(archive: Path, dest_dir: Path) -> None:
     listing = subprocess.run([exe, "l", "-slt", str(archive)], capture_output=True, text=True)
     if listing.returncode != 0:
         raise DownloadError(f"{archive}: not a readable 7z archive ({listing.stderr.strip() or listing.stdout[-500:]})")
-    _check_member_names(archive, [line[7:] for line in listing.stdout.splitlines() if line.startswith("Path = ")][1:])
+    kinds = _7zip_listing_kinds(listing.stdout)
+    _check_member_names(archive, [name for name, _ in kinds])
+    _refuse_special_members(archive, kinds)
     result = subprocess.run([exe, "x", "-y", f"-o{dest_dir}", str(archive)], capture_output=True, text=True)
     if result.returncode != 0:
         raise DownloadError(f"{archive}: 7-Zip failed ({result.stderr.strip() or result.stdout[-500:]})")
@@ -308,7 +406,9 @@ def extract_archive(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Pat
     """Extract a .zip, .tar(.gz/.bz2/.xz) or .7z archive into ``dest_dir``; returns ``dest_dir``.
 
     A marker file ``.<archive name>.extracted`` (holding the archive's size) makes a second call a no-op.
-    Members that would land outside ``dest_dir`` are refused. ``.7z`` needs py7zr or a 7-Zip command; when
+    Members that would land outside ``dest_dir`` are refused, and so is any archive holding a symbolic or
+    hard link, a device, a fifo or a socket (the error names the archive and the members); nothing is
+    extracted from a refused archive. ``.7z`` needs py7zr or a 7-Zip command; when
     neither is present the error says how to get one.
     """
     archive = Path(path)
@@ -326,6 +426,7 @@ def extract_archive(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Pat
         try:
             with zipfile.ZipFile(archive) as z:
                 _check_member_names(archive, z.namelist())
+                _refuse_special_members(archive, ((i.filename, _zip_member_kind(i)) for i in z.infolist()))
                 z.extractall(dest)
         except zipfile.BadZipFile as err:
             raise DownloadError(f"{archive}: not a readable zip archive ({err})") from err
@@ -333,6 +434,7 @@ def extract_archive(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Pat
         try:
             with tarfile.open(archive) as t:
                 _check_member_names(archive, t.getnames())
+                _refuse_special_members(archive, ((m.name, _tar_member_kind(m)) for m in t.getmembers()))
                 if hasattr(tarfile, "data_filter"):
                     t.extractall(dest, filter="data")
                 else:  # pragma: no cover - Python < 3.11.4; names were checked above

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from ..audio import AUDIO_EXTENSIONS
-from ..errors import AudioNotFoundError, ManifestError
+from ..errors import AudioNotFoundError, AudioPathOutsideRootError, ManifestError
 
 # Extensions that name a *representation* of a clip rather than part of its name. Only these are stripped
 # to form a key: Clotho names such as "FR.CTC.08.CoyuyoS.001" contain dots that are part of the name.
@@ -242,27 +242,46 @@ def resolve_audio_path(
     """The audio file of a manifest entry: ``'test/x.npy'`` -> ``<audio_root>/test/x.wav`` (or .flac, ...).
 
     An entry that already names an existing audio file is returned as it is. Extensions are tried in the
-    order given, each also in upper case. Raises :class:`AudioNotFoundError` naming every path tried.
+    order given, each also in upper case. Raises :class:`AudioNotFoundError` naming the root and extensions tried.
+
+    The file returned is always inside ``audio_root``, whoever wrote the entry: an absolute entry, one
+    whose ``..`` climbs out of the root, and a file that is, or lies below, a symbolic link leading out of
+    the root raise :class:`AudioPathOutsideRootError` (an :class:`AudioError`) naming the entry and the
+    reason. Links that stay inside the root are followed, and the root itself may be a symbolic link
+    (audio kept on another disk is used by pointing ``audio_root`` at it, or at a link to it): containment
+    is checked against the root's resolved location. The path returned is spelled under ``audio_root``
+    as given, not resolved.
     """
     root = Path(audio_root)
+    problem = _path_problem(str(file_path))
+    if problem:
+        raise AudioPathOutsideRootError(file_path, f"manifest entry {problem} (audio root {root})")
     key = clip_key(file_path)
-    tried: list[Path] = []
     own_ext = posixpath.splitext(file_path.replace("\\", "/"))[1]
+    candidates: list[Path] = []
     if own_ext.lower() in {e.lower() for e in extensions}:
-        direct = root / file_path.replace("\\", "/")
-        if direct.is_file():
-            return direct
-        tried.append(direct)
-    for ext in extensions:
-        for variant in dict.fromkeys((ext, ext.upper())):
-            candidate = root / f"{key}{variant}"
-            if candidate.is_file():
-                return candidate
-            tried.append(candidate)
+        candidates.append(root / file_path.replace("\\", "/"))
+    candidates += [root / f"{key}{variant}" for ext in extensions for variant in dict.fromkeys((ext, ext.upper()))]
+    for candidate in candidates:
+        if candidate.is_file():
+            return _inside_root(candidate, root, file_path)
     exts = ", ".join(dict.fromkeys(e.lower() for e in extensions))
     raise AudioNotFoundError(
         root / key, f"no audio file for manifest entry '{file_path}' (tried extensions {exts} under {root})"
     )
+
+
+def _inside_root(candidate: Path, root: Path, file_path: str) -> Path:
+    """``candidate`` if, links followed, it is still below the resolved ``root``; else the error saying where it leads."""
+    target = candidate.resolve()
+    real_root = root.resolve()
+    if not target.is_relative_to(real_root):
+        raise AudioPathOutsideRootError(
+            candidate,
+            f"manifest entry '{file_path}' leads through a symbolic link to {target}, outside the audio root "
+            f"{real_root}; point audio_root at the folder holding the audio instead of linking files into it",
+        )
+    return candidate
 
 
 def features_path(file_path: str, features_root: str | os.PathLike) -> Path:
@@ -295,6 +314,8 @@ def validate_manifest(
                 resolve_audio_path(clip.file_path, audio_root, audio_extensions)
             except AudioNotFoundError:
                 problems.append(f"'{clip.file_path}': no audio file {Path(audio_root) / clip.key}.{{{exts}}}")
+            except AudioPathOutsideRootError as err:
+                problems.append(f"'{clip.file_path}': {err.reason}")
     if features_root is not None:
         roots = [features_root] if isinstance(features_root, (str, os.PathLike)) else list(features_root)
         for root in roots:

@@ -17,9 +17,20 @@ runs reproducible). The result is the standard attention with dropout,
 
 Everything else (eval, no dropout, CUDA, reduced precision, causal self-attention) goes to
 transformers' SDPA function unchanged, so inference numerics are SDPA's.
+
+The kernel leans on one private torch function, ``torch._softmax_backward_data``, and on transformers'
+attention-function calling convention. Neither is promised to last, so the first time the kernel would
+run, :func:`blockwise_kernel_available` checks both once per process (the function exists, and the kernel
+still equals :func:`reference_dropout_attention` in value and gradient and lines up with transformers'
+SDPA function on a tiny input); if not, every call goes to plain SDPA and one warning says why. The
+back end is registered through transformers' public ``AttentionInterface.register``; a transformers
+without it makes :func:`register_enclap_attention` answer ``"sdpa"`` instead (same single warning).
+What falling back costs is memory and time, not correctness: bench/RESULTS.md measures the kernel.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -145,6 +156,85 @@ def _uses_blockwise(module, query, key, attention_mask, dropout: float, is_causa
     return not (query.shape[2] > 1 and attention_mask is None and causal)
 
 
+# Why the blockwise kernel is off in this process ("" when it works); None until first probed.
+_kernel_problem: str | None = None
+# The back end register_enclap_attention() settled on; None until it has run.
+_registered_backend: str | None = None
+_fallback_warned = False
+
+
+def _warn_fallback(reason: str) -> None:
+    """One warning per process, whichever check failed first."""
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"EnCLAP attention falls back to plain SDPA: {reason}; CPU training with attention dropout "
+            "will use more memory and time",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _self_test_problem() -> str | None:
+    """Run the kernel on a tiny input against the formula and against transformers' SDPA function.
+
+    Uses its own generator, so the default RNG (and with it every seeded run) is untouched.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, q_len, k_len, dim = 2, 2, 3, 5, 4
+    q, k, v = (
+        torch.randn(batch, heads, n, dim, dtype=torch.float64, generator=generator, requires_grad=True)
+        for n in (q_len, k_len, k_len)
+    )
+    mask = torch.ones(batch, 1, q_len, k_len, dtype=torch.bool)
+    mask[1, ..., -2:] = False
+    bias = additive_bias(mask, torch.float64)
+    p, scale, seed = 0.25, dim**-0.5, 12345
+    keep = torch.empty(batch, heads, q_len, k_len, dtype=torch.bool)
+    for index, (b, h0, h1) in enumerate(_blocks(batch, heads, q_len, k_len)):
+        keep[b, h0:h1] = ~drop_mask((h1 - h0, q_len, k_len), seed + index, p)
+    with torch.enable_grad():
+        out = BlockwiseDropoutAttention.apply(q, k, v, bias, p, scale, seed)
+        expected = reference_dropout_attention(q, k, v, bias, keep, p, scale)
+        grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+        grads = torch.autograd.grad(out, (q, k, v), grad_out)
+        expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    if not all(torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip((out, *grads), (expected, *expected_grads))):
+        return f"with torch {torch.__version__} the blockwise kernel no longer equals the attention formula"
+    with torch.no_grad():
+        module = torch.nn.Module()
+        module.is_causal = False
+        theirs = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=scale, is_causal=False)[0]
+        ours = BlockwiseDropoutAttention.apply(q, k, v, bias, 0.0, scale, seed).transpose(1, 2)
+    if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=0, atol=1e-10):
+        return "transformers' SDPA attention function no longer has the layout or mask convention the kernel assumes"
+    return None
+
+
+def blockwise_kernel_available() -> bool:
+    """Whether the blockwise kernel can be trusted with this torch and transformers; checked once per process.
+
+    Called on the kernel's first use, not at import. False (with one warning) when
+    ``torch._softmax_backward_data`` is gone, or the kernel's self-test fails in any way.
+    """
+    global _kernel_problem
+    if _kernel_problem is None:
+        if not callable(getattr(torch, "_softmax_backward_data", None)):
+            problem = f"torch {torch.__version__} has no torch._softmax_backward_data"
+        else:
+            try:
+                problem = _self_test_problem()
+            except Exception as err:  # a changed private API can fail in any way: none of them is ours to fix
+                problem = f"the blockwise kernel's self-test failed ({type(err).__name__}: {err})"
+        _kernel_problem = problem or ""
+        if problem:
+            _warn_fallback(problem)
+    return not _kernel_problem
+
+
 def enclap_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -159,7 +249,7 @@ def enclap_attention_forward(
     """transformers attention interface: the blockwise kernel for CPU training with dropout, else SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not _uses_blockwise(module, query, key, attention_mask, dropout, is_causal, kwargs):
+    if not (_uses_blockwise(module, query, key, attention_mask, dropout, is_causal, kwargs) and blockwise_kernel_available()):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
@@ -174,11 +264,26 @@ def enclap_attention_forward(
 
 
 def register_enclap_attention() -> str:
-    """Register the back end (and SDPA's mask format for it) with transformers; idempotent. Returns its name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    """Register the back end (and SDPA's mask format for it) with transformers, once; returns the back end to use.
 
-    if ENCLAP_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ENCLAP_ATTENTION, enclap_attention_forward)
-        AttentionMaskInterface.register(ENCLAP_ATTENTION, sdpa_mask)
-    return ENCLAP_ATTENTION
+    That is :data:`ENCLAP_ATTENTION`, or ``"sdpa"`` (with one warning) when this transformers has no public
+    ``AttentionInterface.register`` / ``AttentionMaskInterface.register`` to add it with.
+    """
+    global _registered_backend
+    if _registered_backend is None:
+        try:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+            AttentionInterface.register(ENCLAP_ATTENTION, enclap_attention_forward)
+            AttentionMaskInterface.register(ENCLAP_ATTENTION, sdpa_mask)
+            _registered_backend = ENCLAP_ATTENTION
+        except (ImportError, AttributeError, TypeError) as err:
+            import transformers
+
+            _warn_fallback(
+                f"transformers {transformers.__version__} cannot register an attention function "
+                f"({type(err).__name__}: {err})"
+            )
+            _registered_backend = "sdpa"
+    return _registered_backend

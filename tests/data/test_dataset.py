@@ -10,10 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from enclap.data.manifest import read_caption_pairs
-from enclap.data.dataset import CaptionCollator, CaptionPairDataset, example_rng
+from enclap.data.dataset import CaptionCollator, CaptionPairDataset
 from enclap.errors import InvalidFeaturesError, ManifestError
 from enclap.features.store import NpyFeatureStore, open_feature_store
-from enclap.model.masking import mask_codec_tokens
 from enclap.text import train_caption_tokenizer
 
 from ..training import WORDS, caption_for, random_clip, write_eval_csv, write_store, write_train_csv
@@ -22,6 +21,8 @@ NUM_CODEBOOKS, D_CLAP, MAX_FRAMES, SEED = 4, 6, 10, 3
 MAX_TOKENS = 24  # every caption fits but the long one (32 tokens with this tiny tokenizer)
 LONG = 3  # the example index of that long caption
 FRAMES = [5, 12, 30, 9, 17, 1, 10]
+MASK_PROB, MASK_SPAN, PAD_ID = 0.3, 2, 1024
+TRAIN_STREAM = 0x7E1A  # the stream tag of the training examples' generators (enclap.data.dataset)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,41 @@ def corpus(tmp_path_factory):
 def make_dataset(corpus, tokenizer, *, train=True, store=None, **overrides):
     settings = dict(
         max_target_length=MAX_TOKENS, num_codebooks=NUM_CODEBOOKS, d_clap=D_CLAP, max_frames=MAX_FRAMES,
-        codebook_size=1024, codec_pad_id=1024, mask_prob=0.3, mask_span=2, seed=SEED, train=train,
+        codebook_size=1024, codec_pad_id=PAD_ID, mask_prob=MASK_PROB, mask_span=MASK_SPAN, seed=SEED, train=train,
     )
     settings.update(overrides)
     return CaptionPairDataset.from_manifest(corpus["manifest"], store or open_feature_store(corpus["store"]), tokenizer, **settings)
+
+
+def documented_crop_and_mask(codes: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crop and MCM mask of training example ``index`` in ``epoch``, written from the documented rules
+    with plain numpy (none of the library's cropping, masking or generator helpers):
+
+    * the generator is ``default_rng(SeedSequence([seed, TRAIN_STREAM, epoch, index]))``;
+    * a clip longer than ``max_frames`` is cut at a start drawn first, ``integers(0, frames - max_frames + 1)``;
+    * then wav2vec2's span sampler, once per clip: one rounding draw ``epsilon = random()``, then per
+      codebook ``count = int(p * length / span + epsilon)`` spans (capped at ``length // span`` and at
+      ``length - span + 1``) whose starts are ``choice(length - span + 1, count, replace=False)``;
+    * masked codes become the pad id and are the labels; every other label is -100.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([SEED, TRAIN_STREAM, epoch, index]))
+    frames = len(codes)
+    if frames > MAX_FRAMES:
+        start = int(rng.integers(0, frames - MAX_FRAMES + 1))
+        codes = codes[start : start + MAX_FRAMES]
+    length = len(codes)
+    epsilon = float(rng.random())
+    count = int(MASK_PROB * length / MASK_SPAN + epsilon)
+    count = min(count, length // MASK_SPAN, max(length - MASK_SPAN + 1, 0))
+    masked, labels = codes.copy(), np.full(codes.shape, -100, dtype=np.int64)
+    for codebook in range(codes.shape[1]):
+        if count == 0:
+            continue
+        for span_start in rng.choice(length - MASK_SPAN + 1, size=count, replace=False):
+            for frame in range(span_start, span_start + MASK_SPAN):
+                labels[frame, codebook] = codes[frame, codebook]
+                masked[frame, codebook] = PAD_ID
+    return masked, labels
 
 
 def expected_batch(corpus, tokenizer, items, *, epoch, clean=False):
@@ -66,11 +98,7 @@ def expected_batch(corpus, tokenizer, items, *, epoch, clean=False):
         if clean:
             masked, labels = codes[:MAX_FRAMES], np.full(codes[:MAX_FRAMES].shape, -100)
         else:
-            rng = example_rng(SEED, epoch, index)
-            if len(codes) > MAX_FRAMES:
-                start = int(rng.integers(0, len(codes) - MAX_FRAMES + 1))
-                codes = codes[start : start + MAX_FRAMES]
-            masked, labels = mask_codec_tokens(codes, 0.3, 2, rng, pad_id=1024)
+            masked, labels = documented_crop_and_mask(codes, epoch, index)
         ids = tokenizer(caption)["input_ids"]
         if len(ids) > MAX_TOKENS:
             ids = ids[: MAX_TOKENS - 1] + [tokenizer.eos_token_id]

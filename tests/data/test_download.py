@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import re
+import stat
 import sys
 import tarfile
 import threading
@@ -294,6 +295,206 @@ def test_7z_without_py7zr_or_7zip_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(DownloadError) as info:
         extract_archive(archive, tmp_path / "out")
     assert "pip install py7zr" in str(info.value) and "clotho_audio_evaluation.7z" in str(info.value)
+
+
+# ------------------------------------------------------------------- links and special files in archives
+
+_FILE_ATTRIBUTE_UNIX_EXTENSION = 0x8000  # 7z: the high 16 bits of the attributes hold a Unix mode
+_FILE_ATTRIBUTE_REPARSE_POINT = 0x400  # 7z / Windows: a symbolic link or junction
+
+
+def make_7z_with(tmp_path: Path, special: str) -> Path:
+    """A real 7z archive (py7zr) with a regular file and one member of the kind ``special``."""
+    import py7zr
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.wav").write_bytes(b"RIFF")
+    archive = tmp_path / "evil.7z"
+    with py7zr.SevenZipFile(archive, "w") as z:
+        z.write(src / "ok.wav", "audio/ok.wav")
+        if special == "symlink":
+            # A link that points out of the destination and a member written through it, as an attacker
+            # would write them (py7zr archives a link only when its target exists).
+            (tmp_path / "outside").mkdir()
+            (src / "link").symlink_to(tmp_path / "outside")
+            z.write(src / "link", "audio/link")
+            z.writestr(b"pwned", "audio/link/pwned.txt")
+        else:
+            # py7zr cannot archive a fifo or a reparse point itself: write an empty member, then give it
+            # the attributes 7-Zip stores for one (the header is written on close).
+            z.writestr(b"", "audio/special")
+            attributes = {
+                "fifo": _FILE_ATTRIBUTE_UNIX_EXTENSION | ((stat.S_IFIFO | 0o644) << 16),
+                "chardev": _FILE_ATTRIBUTE_UNIX_EXTENSION | ((stat.S_IFCHR | 0o644) << 16),
+                "reparse": 0x20 | _FILE_ATTRIBUTE_REPARSE_POINT,
+            }[special]
+            z.header.files_info.files[-1]["attributes"] = attributes
+    return archive
+
+
+@pytest.mark.parametrize(
+    "special, member, kind",
+    [
+        ("symlink", "audio/link", "symbolic link"),
+        ("fifo", "audio/special", "fifo"),
+        ("chardev", "audio/special", "character device"),
+        ("reparse", "audio/special", "symbolic link"),
+    ],
+)
+def test_7z_with_links_or_special_files_is_refused(tmp_path, special, member, kind):
+    archive = make_7z_with(tmp_path, special)
+    out = tmp_path / "out"
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, out)
+    message = str(info.value)
+    assert str(archive) in message and f"{member} ({kind})" in message
+    assert "audio/ok.wav" not in message  # the regular member is not blamed
+    # Nothing was extracted, and no marker claims the archive was.
+    assert [p.name for p in out.rglob("*")] == []
+    if special == "symlink":
+        assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_7z_of_regular_files_and_folders_still_extracts(tmp_path):
+    import py7zr
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x.wav").write_bytes(b"x")
+    archive = tmp_path / "good.7z"
+    with py7zr.SevenZipFile(archive, "w") as z:
+        z.write(src / "d", "d")
+        z.write(src / "d" / "x.wav", "d/x.wav")
+        z.writestr(b"windows", "w.txt")
+        z.header.files_info.files[-1]["attributes"] = 0x20  # Windows attributes only, no Unix mode
+    out = extract_archive(archive, tmp_path / "out")
+    assert (out / "d" / "x.wav").read_bytes() == b"x" and (out / "w.txt").read_bytes() == b"windows"
+
+
+def _zip_member(name: str, mode: int, data: bytes) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # Unix
+    info.external_attr = mode << 16
+    return info, data
+
+
+@pytest.mark.parametrize(
+    "mode, kind",
+    [(stat.S_IFLNK | 0o777, "symbolic link"), (stat.S_IFIFO | 0o644, "fifo"), (stat.S_IFBLK | 0o600, "block device")],
+)
+def test_zip_with_links_or_special_files_is_refused(tmp_path, mode, kind):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(*_zip_member("top/ok.txt", stat.S_IFREG | 0o644, b"1"))
+        z.writestr(*_zip_member("top/odd", mode, b"../../etc/passwd"))
+    with pytest.raises(DownloadError, match=re.escape(f"{archive}: refusing to extract links") + ".*" + re.escape(f"top/odd ({kind})")):
+        extract_archive(archive, tmp_path / "out")
+    assert list((tmp_path / "out").rglob("*")) == []
+
+
+def test_zip_with_unix_modes_of_regular_files_extracts(tmp_path):
+    archive = tmp_path / "ok.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(*_zip_member("top/", stat.S_IFDIR | 0o755, b""))
+        z.writestr(*_zip_member("top/a.txt", stat.S_IFREG | 0o644, b"a"))
+    assert (extract_archive(archive, tmp_path / "out") / "top" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize(
+    "member_type, kind",
+    [(tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"), (tarfile.CHRTYPE, "character device"),
+     (tarfile.FIFOTYPE, "fifo")],
+)
+def test_tar_with_links_or_special_files_is_refused(tmp_path, member_type, kind):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        regular = tarfile.TarInfo("d/f.txt")
+        regular.size = 3
+        t.addfile(regular, io.BytesIO(b"abc"))
+        odd = tarfile.TarInfo("d/odd")
+        odd.type = member_type
+        odd.linkname = "d/f.txt" if member_type == tarfile.LNKTYPE else "/etc"  # a link inside, or one out
+        t.addfile(odd)
+    with pytest.raises(DownloadError, match=re.escape(f"d/odd ({kind})")) as info:
+        extract_archive(archive, tmp_path / "out")
+    assert str(archive) in str(info.value)
+    assert list((tmp_path / "out").rglob("*")) == []
+
+
+# `7zz l -slt` output in the format 7-Zip 26.02 (Debian's 7zip package) prints it, for an archive holding a
+# file, a link to /etc/passwd, a fifo, a folder and a file with Windows attributes only. The attribute
+# strings are the ones 7-Zip printed for such members; the CLI path must read the member kinds from them.
+SEVEN_ZIP_HEADER = """
+7-Zip (z) 26.02 (x64) : Copyright (c) 1999-2026 Igor Pavlov : 2026-02-12
+
+Scanning the drive for archives:
+1 file, 189 bytes (1 KiB)
+
+Listing archive: a.7z
+
+--
+Path = a.7z
+Type = 7z
+Physical Size = 189
+Headers Size = 171
+Method = LZMA2:24 BCJ
+Solid = +
+Blocks = 1
+
+----------
+"""
+SEVEN_ZIP_MEMBERS = [
+    ("audio/f.wav", 3, "A -rw-r--r--"),
+    ("audio/link", 11, "AL lrwxrwxrwx"),
+    ("audio/fifo", 0, " prw-r--r--"),
+    ("audio/dir", 0, "D drwxr-xr-x"),
+    ("audio/windows.wav", 3, "A"),
+]
+
+
+def seven_zip_listing(members: list[tuple[str, int, str]]) -> str:
+    blocks = [
+        f"Path = {path}\nSize = {size}\nPacked Size = \nModified = 2026-12-01 23:25:28.7704048\n"
+        f"Attributes = {attributes}\nCRC = 00000000\nEncrypted = -\nMethod = BCJ LZMA2:24\nBlock = 0\n"
+        for path, size, attributes in members
+    ]
+    return SEVEN_ZIP_HEADER + "\n".join(blocks)
+
+
+def _fake_7zip(tmp_path: Path, listing: str) -> Path:
+    """A `7z` command that prints ``listing`` for `l` and records every `x` it is asked to run."""
+    (tmp_path / "listing.txt").write_text(listing)
+    exe = tmp_path / "bin" / "7z"
+    exe.parent.mkdir()
+    exe.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = l ]; then cat "{tmp_path / "listing.txt"}"; exit 0; fi\n'
+        f'echo "$@" >> "{tmp_path / "extract_calls.txt"}"\n'
+    )
+    exe.chmod(0o755)
+    return exe
+
+
+def test_7zip_command_path_refuses_links_and_fifos(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "py7zr", None)  # use the 7-Zip command, not py7zr
+    exe = _fake_7zip(tmp_path, seven_zip_listing(SEVEN_ZIP_MEMBERS))
+    monkeypatch.setattr(dl.shutil, "which", lambda name: str(exe) if name == "7z" else None)
+    archive = tmp_path / "a.7z"
+    archive.write_bytes(b"7z\xbc\xaf\x27\x1c")
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, tmp_path / "out")
+    message = str(info.value)
+    assert "audio/link (symbolic link)" in message and "audio/fifo (fifo)" in message
+    for regular in ("audio/f.wav", "audio/dir", "audio/windows.wav"):
+        assert regular not in message
+    assert not (tmp_path / "extract_calls.txt").exists()  # 7-Zip was never asked to extract
+
+    # Without the two special members the same listing is extracted.
+    benign = [m for m in SEVEN_ZIP_MEMBERS if m[0] not in ("audio/link", "audio/fifo")]
+    (tmp_path / "listing.txt").write_text(seven_zip_listing(benign))
+    extract_archive(archive, tmp_path / "out")
+    assert (tmp_path / "extract_calls.txt").read_text().split() == ["x", "-y", f"-o{tmp_path / 'out'}", str(archive)]
 
 
 # --------------------------------------------------------------------------------------------- data sets

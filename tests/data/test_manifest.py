@@ -22,7 +22,7 @@ from enclap.data.manifest import (
     write_eval_manifest,
     write_train_manifest,
 )
-from enclap.errors import AudioNotFoundError, ManifestError
+from enclap.errors import AudioError, AudioNotFoundError, AudioPathOutsideRootError, ManifestError
 
 
 def write_csv(path: Path, rows: list[list[str]], encoding: str = "utf-8", newline: str = "\n") -> Path:
@@ -237,9 +237,14 @@ def test_all_kinds_of_row_problems_come_in_one_error(tmp_path):
             ["", "y", "z"],  # empty path
         ],
     )
-    problems = problems_of(path)
-    assert len(problems) == 4
-    assert "4 problem(s)" in str(ManifestError(path, problems))
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    problems = info.value.problems
+    assert len(problems) == 4 and f"{path}: 4 problem(s)" in str(info.value)
+    assert "line 2: empty caption" in problems[0]
+    assert "line 3: duplicate file_path 'a.npy'" in problems[1]
+    assert "line 4: file_path '/b.npy' is absolute" in problems[2]
+    assert "line 5: empty file_path" in problems[3]
 
 
 def test_bad_encoding(tmp_path):
@@ -312,6 +317,69 @@ def test_resolve_prefers_the_first_extension(small_tree):
     assert resolve_audio_path("test/a.npy", audio, extensions=(".wav", ".flac")).suffix == ".wav"
 
 
+@pytest.mark.parametrize(
+    "entry, reason",
+    [
+        ("../outside.npy", "'..'"),
+        ("test/../../outside.npy", "'..'"),
+        ("..\\outside.npy", "'..'"),  # Windows separators are normalised before the check
+        ("/ABSOLUTE/outside.npy", "absolute"),
+        ("C:/outside.npy", "absolute"),
+    ],
+)
+def test_resolve_refuses_entries_that_leave_the_root(tmp_path, entry, reason):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    # The file the entry points at exists, so only the containment rule can refuse it.
+    (tmp_path / "outside.wav").write_bytes(b"RIFF")
+    entry = entry.replace("/ABSOLUTE", str(tmp_path))
+    with pytest.raises(AudioPathOutsideRootError) as info:
+        resolve_audio_path(entry, audio)
+    assert isinstance(info.value, AudioError)  # callers that record bad clips and go on catch AudioError
+    assert entry in str(info.value) and reason in info.value.reason and str(audio) in info.value.reason
+
+
+def test_resolve_refuses_a_symlink_leading_out_of_the_root(tmp_path):
+    audio = tmp_path / "audio"
+    (audio / "test").mkdir(parents=True)
+    secret = tmp_path / "elsewhere" / "secret.wav"
+    secret.parent.mkdir()
+    secret.write_bytes(b"RIFF")
+    (audio / "test" / "linked.wav").symlink_to(secret)  # a file link
+    (audio / "dirlink").symlink_to(secret.parent, target_is_directory=True)  # a folder link
+    for entry in ("test/linked.npy", "test/linked.wav", "dirlink/secret.npy"):
+        with pytest.raises(AudioPathOutsideRootError) as info:
+            resolve_audio_path(entry, audio)
+        assert entry in info.value.reason and str(secret) in info.value.reason
+
+
+def test_resolve_follows_links_that_stay_inside_and_a_root_that_is_a_link(tmp_path, monkeypatch):
+    real = tmp_path / "disk" / "audio"
+    (real / "test").mkdir(parents=True)
+    (real / "test" / "a.wav").write_bytes(b"RIFF")
+    (real / "test" / "alias.wav").symlink_to(real / "test" / "a.wav")
+    (real / "other").symlink_to(real / "test", target_is_directory=True)
+    root_link = tmp_path / "audio_link"
+    root_link.symlink_to(real, target_is_directory=True)
+    # The path comes back spelled under the root as given (the link), not resolved.
+    assert resolve_audio_path("test/a.npy", root_link) == root_link / "test" / "a.wav"
+    assert resolve_audio_path("test/alias.npy", root_link) == root_link / "test" / "alias.wav"
+    assert resolve_audio_path("other/a.npy", root_link) == root_link / "other" / "a.wav"
+    # A relative root spelled through the link works the same.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_audio_path("test/a.npy", "audio_link") == Path("audio_link") / "test" / "a.wav"
+
+
+def test_validate_reports_a_symlink_out_of_the_root(small_tree, tmp_path):
+    manifest, audio, _ = small_tree
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    (audio / "test" / "d.wav").symlink_to(tmp_path / "secret.wav")
+    problems = problems_of(manifest, audio_root=audio)
+    assert len(problems) == 2
+    assert "'test/d.npy'" in problems[0] and "outside the audio root" in problems[0]
+    assert "'test/e.npy'" in problems[1] and "no audio file" in problems[1]
+
+
 def test_validate_reports_all_missing_audio(small_tree):
     manifest, audio, _ = small_tree
     problems = problems_of(manifest, audio_root=audio)
@@ -355,7 +423,11 @@ def test_write_and_read_back_both_layouts(tmp_path):
     assert read_manifest(tmp_path / "t.csv") == clips
     assert write_eval_manifest(tmp_path / "e.csv", clips) == 2
     assert read_manifest(tmp_path / "e.csv") == clips
-    assert (tmp_path / "e.csv").read_text().splitlines()[0] == "file_path,caption_1,caption_2"
+    # What is on disk, read with the csv module rather than the library's reader.
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as fh:
+        assert list(csv.reader(fh)) == [["file_path", "caption"]] + [[c.file_path, x] for c in clips for x in c.captions]
+    with open(tmp_path / "e.csv", newline="", encoding="utf-8") as fh:
+        assert list(csv.reader(fh)) == [["file_path", "caption_1", "caption_2"]] + [[c.file_path, *c.captions] for c in clips]
 
 
 def test_write_eval_cuts_to_num_captions_and_rejects_short_clips(tmp_path):

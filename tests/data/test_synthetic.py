@@ -225,17 +225,23 @@ def test_captions_of_single_sources_match_measurements_of_the_audio():
 
 def test_order_and_overlap_follow_the_scene():
     cfg = SyntheticConfig(num_train=80, seconds=5.0, sample_rate=8000)
+    # What each structure is made of: (foreground events, has a background).
+    shape = {"single": (1, False), "sequence": (2, False), "overlap": (1, True), "sequence_over_background": (2, True)}
     seen = Counter()
     for i in range(cfg.num_train):
         scene = make_clip(cfg, "train", i).scene
         seen[scene.structure] += 1
         fg, bg = scene.foreground, scene.background
-        if len(fg) == 2:  # "followed by", "then": the first ends before the second starts
+        assert (len(fg), bg is not None) == shape[scene.structure], scene
+        if scene.structure in ("sequence", "sequence_over_background"):
+            # "followed by", "then": the first ends before the second starts
             assert fg[0].end < fg[1].start
-        if bg is not None:  # "while", "over": the background spans every foreground event
+        if scene.structure in ("overlap", "sequence_over_background"):
+            # "while", "over": the background spans every foreground event
             assert all(bg.start < e.start and e.end < bg.end for e in fg)
             assert bg.loudness in ("normal", "faint") and all(e.loudness != "faint" for e in fg)
-    assert set(seen) == set(STRUCTURES)
+    # Every structure, and so every check above, ran several times.
+    assert set(seen) == set(STRUCTURES) and min(seen.values()) >= 5, seen
 
 
 # ------------------------------------------------------------------------------------------- learnable

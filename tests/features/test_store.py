@@ -175,6 +175,7 @@ def test_duplicate_keys_are_refused(tmp_path, rng):
 def test_concurrent_writers_that_share_a_key_resolve_to_the_last_shard(tmp_path, rng, caplog):
     a, b = make_clips(rng, 1, prefix="p").values(), make_clips(rng, 1, prefix="p").values()
     a, b = next(iter(a)), next(iter(b))
+    assert not np.array_equal(a.clap, b.clap)  # so that reading b back below is telling
     key = "p/00000.x y"
     # Two writers open at once cannot see each other's pending keys.
     wa = ShardWriter(tmp_path / "s", writer_id="a")

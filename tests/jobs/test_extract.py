@@ -226,6 +226,24 @@ def test_manifest_input_keys_clips_like_the_manifest(models, mixed_folder, refer
     assert_store_matches(ShardedFeatureStore(tmp_path / "out"), {key: reference[key] for key in chosen})
 
 
+def test_manifest_entry_linked_out_of_the_audio_root_fails_alone(tmp_path):
+    root = tmp_path / "audio"
+    inside = write_audio(root / "test" / "inside.wav", tone(0.5, 16000), 16000)
+    outside = write_audio(tmp_path / "elsewhere" / "secret.wav", tone(0.5, 16000, freq=300), 16000)
+    (root / "test" / "linked.wav").symlink_to(outside)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file_path,caption\ntest/inside.npy,a tone\ntest/linked.npy,another tone\n")
+    config = ExtractConfig(
+        input=str(manifest), audio_root=str(root), output=str(tmp_path / "out"), device="cpu", batch_size=2,
+        decode_workers=0, progress=False,
+    )
+    summary = run_extraction(config, extractor=FakeExtractor())
+    assert (summary.done, summary.total) == (1, 2)
+    (file, reason), = summary.failed
+    assert file == str(root / "test" / "linked.wav") and "outside the audio root" in reason and str(outside) in reason
+    assert_store_matches(ShardedFeatureStore(tmp_path / "out"), {"test/inside": FakeExtractor.expected(*load_audio(inside))})
+
+
 def test_manifest_needs_an_audio_root(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("file_path,caption\nx.npy,a dog barks\n")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from enclap.model import attention
 from enclap.model import EnClapBartConfig, EnClapBartForConditionalGeneration, build_encoder_inputs
 from enclap.model.attention import (
     ENCLAP_ATTENTION,
@@ -183,3 +185,108 @@ def test_model_default_backend_and_equal_numbers_without_dropout(monkeypatch):
             if hasattr(module, "head_dim"):
                 module.dropout = 0.0
     torch.testing.assert_close(model(**inputs).logits, sdpa(**inputs).logits, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ fallback when private APIs change
+
+
+def _reset_probes(monkeypatch) -> None:
+    """Forget what this process found out about torch and transformers (restored after the test)."""
+    monkeypatch.setattr(attention, "_kernel_problem", None)
+    monkeypatch.setattr(attention, "_registered_backend", None)
+    monkeypatch.setattr(attention, "_fallback_warned", False)
+
+
+def _fallback_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "falls back to plain SDPA" in str(w.message)]
+
+
+def _train(model, inputs, steps: int = 4, seed: int = 11) -> list[float]:
+    """A few SGD steps on one batch with dropout on (training mode); returns the losses."""
+    torch.manual_seed(seed)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _eval_loss(model, inputs) -> float:
+    model.eval()
+    with torch.no_grad():
+        return model(**inputs).loss.item()
+
+
+def _sdpa_twin(model, config):
+    twin = EnClapBartForConditionalGeneration._from_config(copy.deepcopy(config), attn_implementation="sdpa")
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("breakage", ["removed", "changed"])
+def test_kernel_falls_back_to_sdpa_when_torch_changes(monkeypatch, breakage):
+    _reset_probes(monkeypatch)
+    if breakage == "removed":
+        monkeypatch.delattr(torch, "_softmax_backward_data")
+    else:
+        # Still there but meaning something else (torch changed this function's arguments once, in 1.11).
+        monkeypatch.setattr(torch, "_softmax_backward_data", lambda grad, output, dim, dtype: grad)
+    config = _tiny_config()
+    torch.manual_seed(0)
+    model = EnClapBartForConditionalGeneration(config)
+    assert model.config._attn_implementation == ENCLAP_ATTENTION
+    sdpa = _sdpa_twin(model, config)
+    inputs = _batch(config)
+    before = _eval_loss(model, inputs)
+    assert attention._kernel_problem is None  # lazy: inference never needed the kernel, nothing was probed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = _train(model, inputs)  # 4 steps x 3 attention layers: many calls, one warning
+        expected = _train(sdpa, inputs)
+    # With dropout on, the kernel draws its own masks: equality with SDPA's run means it did not run.
+    assert losses == expected
+    for got, want in zip(model.parameters(), sdpa.parameters()):
+        assert torch.equal(got, want)
+    assert _eval_loss(model, inputs) < before  # and the model does train
+    messages = _fallback_warnings(caught)
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert ("_softmax_backward_data" if breakage == "removed" else "no longer equals the attention formula") in messages[0]
+
+
+def test_kernel_is_used_when_the_probe_passes(monkeypatch):
+    _reset_probes(monkeypatch)
+    config = _tiny_config()
+    torch.manual_seed(0)
+    model = EnClapBartForConditionalGeneration(config)
+    sdpa = _sdpa_twin(model, config)
+    inputs = _batch(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = _train(model, inputs, steps=1)
+    assert attention._kernel_problem == "" and _fallback_warnings(caught) == []
+    assert losses != _train(sdpa, inputs, steps=1)  # different dropout masks: the kernel ran
+
+
+def test_registration_falls_back_to_sdpa_without_a_public_registry(monkeypatch):
+    from transformers.utils.generic import GeneralInterface
+
+    _reset_probes(monkeypatch)
+    monkeypatch.delattr(GeneralInterface, "register")  # what AttentionInterface.register resolves to
+    config = _tiny_config()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        model = EnClapBartForConditionalGeneration(copy.deepcopy(config))
+        EnClapBartForConditionalGeneration(copy.deepcopy(config))  # asked again: no second warning
+    assert model.config._attn_implementation == "sdpa"
+    messages = _fallback_warnings(caught)
+    assert len(messages) == 1 and "cannot register an attention function" in messages[0]
+    inputs = _batch(config)
+    before = _eval_loss(model, inputs)
+    _train(model, inputs)
+    assert _eval_loss(model, inputs) < before

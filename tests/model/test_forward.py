@@ -202,9 +202,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(rng):
     model.activation_checkpointing_enable()
     assert model.model.encoder.layers[0].gradient_checkpointing and model.model.decoder.layers[0].gradient_checkpointing
     model(**kwargs).loss.backward()
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    checkpointed = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    # The same parameters get gradients both ways (a checkpointed layer that dropped out of the graph
+    # would leave its gradients None), and that is nearly every parameter of the model.
+    assert checkpointed.keys() == plain.keys()
+    assert any(name.startswith("model.encoder.layers.0.") for name in plain)
+    assert len(plain) >= 0.9 * sum(1 for _ in model.parameters())
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_hidden_states_and_attentions_can_be_returned(rng):
