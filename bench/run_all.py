@@ -79,6 +79,26 @@ def previous_sections(results: Path) -> list[tuple[str, str]]:
     return sections
 
 
+_STAMPED_TRAILER = re.compile(r"^_(bench_\w+\.py) took [^\n]*\(\d{4}-\d{2}-\d{2}, revision [^)\s]+\)\._$", re.MULTILINE)
+_BARE_TRAILER = re.compile(r"^_(bench_(\w+)\.py) took ([^\n(]*?)\._$", re.MULTILINE)
+
+
+def stamp_trailer(seconds: float, name: str, date: str, revision: str) -> str:
+    """The closing line of a section: how long it took, when and at which revision it was measured."""
+    return f"_{name} took {seconds:.1f} s ({date}, revision {revision})._"
+
+
+def mark_unstamped(section: str) -> str:
+    """A kept section whose trailer lacks its date and revision (an older runner's) says so and how to remeasure."""
+    if _STAMPED_TRAILER.search(section):
+        return section
+    return _BARE_TRAILER.sub(
+        lambda m: f"_{m.group(1)} took {m.group(3)} (date and revision not recorded by that run: "
+                  f"rerun `python bench/run_all.py --only {m.group(2)}`)._",
+        section,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmarks run, figures mean little")
@@ -98,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             failures += 1
             section = f"### {path.stem}\n\nFAILED:\n\n```\n{traceback.format_exc()}\n```\n"
-        sections.append(
-            section.rstrip() + f"\n\n_{path.name} took {time.perf_counter() - started:.1f} s "
-            f"({dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d')}, revision {git_revision()})._\n"
-        )
+        trailer = stamp_trailer(time.perf_counter() - started, path.name, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+                                git_revision())
+        sections.append(section.rstrip() + f"\n\n{trailer}\n")
         print(section, flush=True)
     command = "python bench/run_all.py" + (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
     header = (
@@ -116,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         # A partial run replaces its own sections and keeps the others (each says when it was measured).
         ran = {path.name for path in files}
-        kept = [section for name, section in previous_sections(Path(args.output)) if name not in ran]
+        kept = [mark_unstamped(section) for name, section in previous_sections(Path(args.output)) if name not in ran]
         sections = kept + sections
         sections.sort(key=lambda section: _TRAILER.findall(section)[-1] if _TRAILER.findall(section) else "")
     Path(args.output).write_text(header + "\n".join(sections))

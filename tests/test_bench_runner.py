@@ -28,3 +28,18 @@ def test_previous_sections_are_split_at_each_trailer(tmp_path):
     assert sections[0][1].endswith("revision abc)._\n")
     assert sections[1][1] == "### B\n\nb\n\n_bench_b.py took 2.0 s._\n"
     assert load_runner().previous_sections(tmp_path / "missing.md") == []
+
+
+def test_every_section_carries_its_date_and_revision_or_says_it_does_not(tmp_path):
+    runner = load_runner()
+    trailer = runner.stamp_trailer(12.34, "bench_x.py", "2026-12-01", "abc1234")
+    assert trailer == "_bench_x.py took 12.3 s (2026-12-01, revision abc1234)._"
+    stamped = f"### X\n\nfigures\n\n{trailer}\n"
+    assert runner.mark_unstamped(stamped) == stamped
+    old = "### B\n\nb\n\n_bench_b.py took 2.0 s._\n"
+    marked = runner.mark_unstamped(old)
+    assert marked == ("### B\n\nb\n\n_bench_b.py took 2.0 s (date and revision not recorded by that run: "
+                      "rerun `python bench/run_all.py --only b`)._\n")
+    # the marked section is still found as bench_b.py's by the next partial run
+    (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\n" + stamped + marked)
+    assert [name for name, _ in runner.previous_sections(tmp_path / "RESULTS.md")] == ["bench_x.py", "bench_b.py"]

@@ -15,6 +15,8 @@ Output, in EnCLAP's manifest format so the same CSVs serve audio and features::
     <out>/csv/train.csv      file_path,caption                (one row per caption)
     <out>/csv/{valid,test}.csv  file_path,caption_1..caption_N (one row per clip)
     <out>/meta/{split}.jsonl the scene behind every clip (sources, times, attributes)
+    <out>/labels/{split}.csv file,label: the source kind of every single-source clip (for zero-shot
+                             classification; ``file`` like ``test/clip_0003.wav``, relative to ``audio/``)
 
 with ``file_path`` like ``train/clip_0001.npy``. Each clip is drawn from its own random stream seeded by
 ``(seed, split, index)``, so the same config gives byte-identical files, and growing a split keeps the
@@ -26,6 +28,7 @@ Command line: ``python -m enclap.data.synthetic OUT_DIR [key=value ...]``.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import logging
@@ -50,6 +53,13 @@ FOREGROUND_KINDS = ("beep", "chirp", "siren", "burst", "knock", "bell", "ticking
 BACKGROUND_KINDS = ("hum", "hiss", "ticking")
 SOURCE_KINDS = tuple(dict.fromkeys(FOREGROUND_KINDS + BACKGROUND_KINDS))
 STRUCTURES = ("single", "sequence", "overlap", "sequence_over_background")
+
+# Class names of the source kinds in the label CSVs (the words the captions use for them), for
+# zero-shot classification: "This is the sound of {label}".
+KIND_LABELS = {
+    "beep": "beeping", "chirp": "chirp", "siren": "siren", "burst": "burst of noise", "knock": "knocking",
+    "bell": "bell", "ticking": "clock ticking", "hum": "electrical hum", "hiss": "steady hiss",
+}
 
 # Peak level ranges of the loudness classes; far enough apart that "loud" and "faint" are unmistakable.
 _PEAK = {"loud": (0.55, 0.7), "normal": (0.18, 0.26), "faint": (0.03, 0.045)}
@@ -556,11 +566,28 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
             for c in clips
         ]
         _write_if_changed(meta_root / f"{split}.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+        _write_if_changed(out / "labels" / f"{split}.csv", _labels_csv(clips))
         result[split] = csv_path
     _write_if_changed(out / "config.json", (json.dumps(asdict(config), indent=2, sort_keys=True) + "\n").encode())
     result["audio_root"] = audio_root
     logger.info("synthetic data set in %s: %d audio files written, %d already up to date", out, written, kept)
     return result
+
+
+def clip_label(scene: Scene) -> str | None:
+    """The class of a single-source clip (:data:`KIND_LABELS`), None for scenes of several sources."""
+    return KIND_LABELS[scene.events[0].kind] if scene.structure == "single" else None
+
+
+def _labels_csv(clips: Sequence[SyntheticClip]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "label"])
+    for clip in clips:
+        label = clip_label(clip.scene)
+        if label is not None:
+            writer.writerow([clip.file_path[: -len(".npy")] + ".wav", label])
+    return buf.getvalue().encode("utf-8")
 
 
 def read_scenes(meta_jsonl: str | os.PathLike) -> dict[str, Scene]:
@@ -598,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "BACKGROUND_KINDS",
     "FOREGROUND_KINDS",
+    "KIND_LABELS",
     "SOURCE_KINDS",
     "SPLITS",
     "STRUCTURES",
@@ -605,6 +633,7 @@ __all__ = [
     "SoundEvent",
     "SyntheticClip",
     "SyntheticConfig",
+    "clip_label",
     "describe_scene",
     "generate_dataset",
     "make_clip",

@@ -1,26 +1,37 @@
 """The one-command demo: the whole EnCLAP pipeline, end to end, on the synthetic captioned data set.
 
     make demo                         # = the venv, then `enclap-demo`
-    enclap-demo [--output runs/demo] [--quick] [--device auto] [--force STAGE] [key=value ...]
+    enclap-demo [--output runs/demo] [--quick] [--seed N] [--device auto] [--force STAGE] [key=value ...]
     python -m enclap.jobs.demo ...
 
-Six stages, each the project's own job, all writing under one directory (``--output``, default
+Seven stages, each the project's own job, all writing under one directory (``--output``, default
 ``runs/demo``):
 
 ==========  ==========================================================================================
 data        :func:`enclap.data.synthetic.generate_dataset`: captioned sound scenes (``data/``)
 models      :mod:`enclap.features.random_models`: a small **random-initialised** EnCodec and CLAP
             (``models/``), because the real ones come from the model hub; see below
-features    :func:`enclap.jobs.extract.run_extraction`: EnCodec codes + CLAP embeddings of every clip
-            (``features/``, a sharded feature store)
+clap        :func:`enclap.jobs.train_clap.train_clap` with ``cfg/clap/tiny.yaml``: a tiny CLAP tower trained
+            from scratch on the training split's audio and captions (``clap/``), then its retrieval R@1 and
+            zero-shot accuracy on the test split next to chance (``clap/test_report.json``)
+features    :func:`enclap.jobs.extract.run_extraction`: EnCodec codes + the trained tower's CLAP embeddings
+            of every clip (``features/``, a sharded feature store)
 train       :func:`enclap.jobs.train_captioner.train_captioner` with ``cfg/demo.yaml``: a small BART
             captioner with EnCLAP's objective, trained from scratch (``captioner/``)
-evaluate    :func:`enclap.jobs.evaluate.run_evaluation` on the test split, for the trained captioner and,
-            as a reference point, for the same network at its random initialisation (``eval/``)
+evaluate    :func:`enclap.jobs.evaluate.run_evaluation` on the test split, for the trained captioner and, as
+            reference points, an audio-blind baseline (the training caption that scores best on the
+            validation split, given for every test clip) and the same network at its random
+            initialisation (``eval/``)
 caption     :class:`enclap.pipeline.CaptioningPipeline` on three test recordings, from audio (``captions.csv``)
 ==========  ==========================================================================================
 
 ``summary.json`` then lists the paths, the scores and each stage's wall time.
+
+**Reproducible.** The same command with the same ``--seed`` gives bit-identical models and scores on the
+same machine and thread count: the demo runs with ``torch.use_deterministic_algorithms`` (on CPU the one
+kernel that mattered is the accumulating scatter behind the masked-codec loss's gather, whose
+multi-threaded backward adds in a varying order), and every random draw is seeded. ``--seed N`` seeds
+everything: the data, the random EnCodec, the CLAP tower's and the captioner's training (config seed + N).
 
 **Resuming.** A stage is skipped when it finished before with the same settings: each stage records a
 fingerprint of what decides its output (its own settings and the fingerprints of the stages it reads),
@@ -32,12 +43,13 @@ after it. Where things run (``--device``, progress bars) is not part of any fing
 where the output directory is: a finished run can be moved as a whole. (An extraction interrupted before
 a move must be finished in place: the feature store records its models' paths and refuses others.)
 
-**Random feature models.** Without hub access the real EnCodec (``facebook/encodec_24khz``) and CLAP
+**Feature models.** Without hub access the real EnCodec (``facebook/encodec_24khz``) and CLAP
 (``laion/clap-htsat-fused``) cannot be loaded, and the project never falls back to random weights on its
-own: the demo *asks* for random ones, and says so loudly. Their features still distinguish sounds, so the
-captioner learns the synthetic data set; captions of real recordings mean nothing. With the hub (or local
+own: the demo *asks* for a random EnCodec, says so loudly, and trains its own tiny CLAP tower (a random
+CLAP is built as well, for ``bench/bench_ablation.py``). Their features distinguish the synthetic sounds,
+so the captioner learns the synthetic data set; captions of real recordings mean nothing. With the hub (or local
 copies) ``--encodec facebook/encodec_24khz --clap laion/clap-htsat-fused`` runs the same demo on the
-real feature models (much slower on a CPU).
+real feature models (much slower on a CPU; the clap stage then has nothing to do).
 
 Exit codes of :func:`main`: 0 done, 1 a stage failed (its message says which and why), 2 usage or
 configuration error (bad option or training setting, a feature model that cannot be found), 130 / 143
@@ -47,8 +59,8 @@ interrupted by SIGINT / SIGTERM (rerun the same command to resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -59,23 +71,25 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import ConfigError, EnclapError, ManifestError, PretrainedNotFoundError
+from .demo_records import STATE_DIR, StageFailed, StageReport, StageRunner, fingerprint_of, remove, say
+from .demo_report import HEADLINE_METRICS, RANDOM_BANNER, DemoResult, format_summary
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("data", "models", "features", "train", "evaluate", "caption")
-STATE_DIR = ".demo"
+STAGES = ("data", "models", "clap", "features", "train", "evaluate", "caption")
 SUMMARY_FILE = "summary.json"
 CAPTIONS_FILE = "captions.csv"
 DEFAULT_OUTPUT = "runs/demo"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "cfg" / "demo.yaml"
+DEFAULT_CLAP_CONFIG = Path(__file__).resolve().parents[2] / "cfg" / "clap" / "tiny.yaml"
+# The audio-blind baseline picks the best of this many training captions (seeded sample) on the validation split.
+CONSTANT_CANDIDATES = 150
 NUM_CAPTIONED_FILES = 3
 REAL_ENCODEC = "facebook/encodec_24khz"
 REAL_CLAP = "laion/clap-htsat-fused"
-# The scores printed in the closing summary (all of them are in the scores JSON and the printed table).
-HEADLINE_METRICS = {"bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D"}
 # Training settings that follow from the demo's layout and --device: an override of them is refused.
 DEMO_OWNED_KEYS = (
     "output_dir", "data.train_file", "data.validation_file", "data.features", "data.encodec_base_path",
@@ -93,12 +107,18 @@ class DemoScale:
     num_test: int
     seconds: float
     captions_per_clip: int = 5
-    train_overrides: tuple[str, ...] = ()
+    train_overrides: tuple[str, ...] = ()  # on top of cfg/demo.yaml
+    clap_overrides: tuple[str, ...] = ()  # on top of cfg/clap/tiny.yaml
 
 
-# The full demo: a few minutes on 2 CPU cores (the figures in README.md), enough training for the
-# captions to follow the audio.
-FULL = DemoScale(num_train=400, num_valid=40, num_test=40, seconds=4.0)
+# The full demo: a few minutes on 2 CPU cores (bench/bench_demo_seeds.py times it), enough training for the
+# captions to follow the audio, and a test split large enough (200 clips, 1000 references) that the
+# scores move little from one seed to the next (bench/bench_demo_seeds.py measures how little).
+FULL = DemoScale(
+    num_train=400, num_valid=40, num_test=200, seconds=4.0,
+    # 4 epochs = 1600 clip-caption pairs, about what the tower's own test trains on to beat chance clearly
+    clap_overrides=("train.num_train_epochs=4",),
+)
 # --quick: the same stages at a size the tests run in seconds; the captioner still learns visibly.
 QUICK = DemoScale(
     num_train=24,
@@ -120,6 +140,7 @@ QUICK = DemoScale(
         "validation.num_beams=2",
         "validation.val_max_target_length=32",
     ),
+    clap_overrides=("train.num_train_epochs=3", "train.train_batch_size=8", "train.logging_steps=3"),
 )
 
 
@@ -131,15 +152,19 @@ class DemoOptions:
     quick: bool = False
     device: str = "auto"
     config: Path = DEFAULT_CONFIG  # the captioner's training config
+    clap_config: Path = DEFAULT_CLAP_CONFIG  # the CLAP tower's training config
     overrides: list[str] = field(default_factory=list)  # key=value overrides of the training config
     force: list[str] = field(default_factory=list)  # stages to redo (with every stage after them)
-    seed: int = 0  # of the synthetic data and the random feature models
+    seed: int = 0  # of everything: data, random models, and added to both training configs' seeds
     encodec: str | None = None  # real feature models instead of random ones (both or neither)
     clap: str | None = None
     progress: bool = True
+    size: DemoScale | None = None  # another scale than FULL / QUICK (the benchmarks use it)
 
     @property
     def scale(self) -> DemoScale:
+        if self.size is not None:
+            return self.size
         return QUICK if self.quick else FULL
 
     @property
@@ -166,45 +191,8 @@ class DemoOptions:
             raise ConfigError(
                 f"training config {self.config} not found; the demo's is cfg/demo.yaml in the repository (pass --config FILE)"
             )
-
-
-@dataclass
-class StageReport:
-    """What happened to one stage in this invocation."""
-
-    name: str
-    status: str  # "done" (ran now), "skipped" (already done with the same settings)
-    seconds: float  # wall time of the run that produced the output (for a skipped stage: when it ran)
-    resumed: bool = False  # ran again after an interruption with the same settings
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DemoResult:
-    """The outcome of :func:`run_demo` (also written to ``summary.json``)."""
-
-    output: Path
-    stages: dict[str, StageReport]
-    paths: dict[str, str]
-    scores: dict[str, float]
-    baseline_scores: dict[str, float]
-    unavailable_metrics: dict[str, str]
-    captions: list[dict[str, Any]]
-    random_feature_models: bool
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "output": str(self.output),
-            "random_feature_models": self.random_feature_models,
-            "seconds": round(self.seconds, 2),
-            "stages": {name: asdict(report) for name, report in self.stages.items()},
-            "paths": self.paths,
-            "scores": self.scores,
-            "untrained_scores": self.baseline_scores,
-            "unavailable_metrics": self.unavailable_metrics,
-            "captions": self.captions,
-        }
+        if self.random_feature_models and not Path(self.clap_config).is_file():
+            raise ConfigError(f"CLAP tower config {self.clap_config} not found; the demo's is cfg/clap/tiny.yaml in the repository")
 
 
 class DemoInterrupted(EnclapError):
@@ -214,10 +202,6 @@ class DemoInterrupted(EnclapError):
         super().__init__(f"stage '{stage}' stopped by {signal_name}; rerun the same command to resume it")
         self.stage = stage
         self.signal_name = signal_name
-
-
-class StageFailed(EnclapError):
-    """A stage finished without producing a usable output (the message says why)."""
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -232,6 +216,8 @@ class Layout:
         self.audio = self.data / "audio"
         self.csv = self.data / "csv"
         self.models = self.root / "models"
+        self.clap = self.root / "clap"  # the CLAP tower trained here (best/, final/, checkpoints)
+        self.clap_report = self.clap / "test_report.json"
         self.features = self.root / "features"
         self.captioner = self.root / "captioner"
         self.eval = self.root / "eval"
@@ -250,38 +236,6 @@ class Layout:
         return self.eval / f"{which}.scores.json"
 
 
-# --------------------------------------------------------------------------------------------- stage records
-
-
-def fingerprint_of(value: Any) -> str:
-    """A short stable digest of JSON-serialisable settings."""
-    text = json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _read_state(layout: Layout, stage: str) -> dict[str, Any] | None:
-    path = layout.state / f"{stage}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_state(layout: Layout, stage: str, state: dict[str, Any]) -> None:
-    layout.state.mkdir(parents=True, exist_ok=True)
-    path = layout.state / f"{stage}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 # --------------------------------------------------------------------------------------------- the stages
 
 
@@ -293,86 +247,27 @@ class _Demo:
         self.options = options
         self.layout = Layout(options.output)
         self.scale = options.scale
-        self.reports: dict[str, StageReport] = {}
-        self.fingerprints: dict[str, str] = {}
-        forced = set(options.force)
-        first_forced = min((STAGES.index(s) for s in forced if s in STAGES), default=len(STAGES))
-        self.forced = set(STAGES) if "all" in forced else set(STAGES[first_forced:])
-
-    # ------------------------------------------------------------------------- the driver
-
-    def _stage(
-        self,
-        index: int,
-        name: str,
-        settings: dict[str, Any],
-        *,
-        run: Callable[[bool], dict[str, Any]],
-        check: Callable[[dict[str, Any]], str | None],
-        wipe: Sequence[Path] = (),
-        describe: str,
-    ) -> StageReport:
-        """Skip, resume or (re)do stage ``name``; ``settings`` must include upstream fingerprints."""
-        fingerprint = fingerprint_of(settings)
-        self.fingerprints[name] = fingerprint
-        header = f"[{index}/{len(STAGES)}] {name}: {describe}"
-        state = _read_state(self.layout, name)
-        same = state is not None and state.get("fingerprint") == fingerprint
-        if same and state.get("status") == "done" and name not in self.forced:
-            problem = check(state.get("result") or {})
-            if problem is None:
-                seconds = float(state.get("seconds", 0.0))
-                _say(f"{header} -- already done with these settings ({_duration(seconds)} when it ran), skipped")
-                report = StageReport(name, "skipped", seconds, result=state.get("result") or {})
-                self.reports[name] = report
-                return report
-            _say(f"{header} -- its output is incomplete ({problem}); running it again")
-        fresh = name in self.forced or not same
-        resumed = same and not fresh and state.get("status") != "done"
-        if fresh:
-            if state is not None and name not in self.forced:
-                _say(f"{header} -- settings changed since it last ran: starting it over")
-            elif name in self.forced:
-                _say(f"{header} -- forced: starting it over")
-            else:
-                _say(header)
-            for path in wipe:
-                _remove(path)
-        elif resumed:
-            _say(f"{header} -- resuming an interrupted run with the same settings")
-        else:
-            _say(header)
-        _write_state(self.layout, name, {"stage": name, "fingerprint": fingerprint, "status": "running", "settings": settings})
-        started = time.monotonic()
-        result = run(fresh)
-        seconds = time.monotonic() - started
-        problem = check(result)
-        if problem is not None:
-            raise StageFailed(f"stage '{name}' finished but its output is not usable: {problem}")
-        _write_state(
-            self.layout, name,
-            {"stage": name, "fingerprint": fingerprint, "status": "done", "settings": settings,
-             "seconds": round(seconds, 3), "result": result},
-        )
-        _say(f"    {name} done in {_duration(seconds)}")
-        report = StageReport(name, "done", seconds, resumed=resumed, result=result)
-        self.reports[name] = report
-        return report
+        self.runner = StageRunner(self.layout.state, STAGES, options.force)
+        self.reports = self.runner.reports
+        self.fingerprints = self.runner.fingerprints
+        self.forced = self.runner.forced
 
     def run(self) -> DemoResult:
         started = time.monotonic()
         opts, layout = self.options, self.layout
         self.train_config()  # a bad training setting is reported now, not after minutes of extraction
         layout.root.mkdir(parents=True, exist_ok=True)
-        _say(f"EnCLAP demo{' (quick)' if opts.quick else ''}: everything goes under {layout.root}")
+        say(f"EnCLAP demo{' (quick)' if opts.quick else ''}: everything goes under {layout.root}")
         if opts.random_feature_models:
-            _say(_RANDOM_BANNER)
-        self.stage_data(1)
-        self.stage_models(2)
-        self.stage_features(3)
-        self.stage_train(4)
-        self.stage_evaluate(5)
-        self.stage_caption(6)
+            say(RANDOM_BANNER)
+        with deterministic_kernels():
+            self.stage_data()
+            self.stage_models()
+            self.stage_clap()
+            self.stage_features()
+            self.stage_train()
+            self.stage_evaluate()
+            self.stage_caption()
         result = self._result(time.monotonic() - started)
         tmp = layout.summary.with_name(f".{layout.summary.name}.tmp")
         tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
@@ -390,7 +285,7 @@ class _Demo:
             captions_per_clip=s.captions_per_clip, seed=self.options.seed,
         )
 
-    def stage_data(self, index: int) -> None:
+    def stage_data(self) -> None:
         config = self._synthetic_config()
         layout = self.layout
 
@@ -419,8 +314,8 @@ class _Demo:
                     return f"{len(missing)} audio file(s) of {split} missing (first: {missing[0]})"
             return None
 
-        self._stage(
-            index, "data", {"synthetic": asdict(config)}, run=run, check=check,
+        self.runner.run(
+            "data", {"synthetic": asdict(config)}, run=run, check=check,
             describe=f"synthetic captioned sound scenes, {config.num_train}/{config.num_valid}/{config.num_test} "
                      f"train/valid/test clips of {config.seconds:g} s, {config.captions_per_clip} captions each -> {layout.data}",
         )
@@ -428,17 +323,22 @@ class _Demo:
     # ------------------------------------------------------------------------- 2. models
 
     def _feature_model_paths(self) -> tuple[str, str]:
+        """(EnCodec, CLAP) the features come from: the random EnCodec and the tower trained here, or the given ones."""
         if self.options.random_feature_models:
-            return str(self.layout.models / "encodec"), str(self.layout.models / "clap")
+            return str(self.layout.models / "encodec"), str(self.trained_clap())
         return str(self.options.encodec), str(self.options.clap)
 
-    def stage_models(self, index: int) -> None:
+    def trained_clap(self) -> Path:
+        """The CLAP tower the captioner hears through: the best by validation mAP@10 (else the final one)."""
+        best = self.layout.clap / "best"
+        return best if (best / "config.json").is_file() else self.layout.clap / "final"
+
+    def stage_models(self) -> None:
         opts, layout = self.options, self.layout
         if not opts.random_feature_models:
             settings = {"encodec": opts.encodec, "clap": opts.clap}
-            self.fingerprints["models"] = fingerprint_of(settings)
-            _say(f"[{index}/{len(STAGES)}] models: using the given feature models EnCodec={opts.encodec}, CLAP={opts.clap}")
-            self.reports["models"] = StageReport("models", "skipped", 0.0, result={"random": False, **settings})
+            self.runner.not_run("models", settings, f"using the given feature models EnCodec={opts.encodec}, CLAP={opts.clap}",
+                                {"random": False, **settings})
             return
         settings = {"random_models": {"seed": opts.seed, "projection_dim": 512, "builder": "enclap.features.random_models"}}
 
@@ -457,13 +357,98 @@ class _Demo:
                     return f"{directory} is not a complete model directory"
             return None
 
-        self._stage(
-            index, "models", settings, run=run, check=check, wipe=[layout.models],
+        self.runner.run(
+            "models", settings, run=run, check=check, wipe=[layout.models],
             describe=f"RANDOM-initialised EnCodec (24 kHz, 16 codebooks at 12 kbps) and fused CLAP (48 kHz, 512-d), "
                      f"seed {opts.seed} -> {layout.models}",
         )
 
-    # ------------------------------------------------------------------------- 3. features
+    # ------------------------------------------------------------------------- 3. clap
+
+    def _training_overrides(self, output_dir: Path) -> list[str]:
+        """What the demo sets in both training configs: where the run writes, its data, where it runs."""
+        cpu = self.options.device == "cpu" or (self.options.device == "auto" and not _cuda_available())
+        return [
+            f"output_dir={output_dir}",
+            f"data.train_file={self.layout.manifest('train')}",
+            f"data.validation_file={self.layout.manifest('valid')}",
+            f"train.cpu={str(cpu).lower()}",
+            f"train.progress={str(self.options.progress).lower()}",
+        ]
+
+    def clap_config(self):
+        """The CLAP tower's training config: cfg/clap/tiny.yaml < the scale's overrides < the demo's paths."""
+        from .train_clap import load_clap_train_config
+
+        layout = self.layout
+        overrides = [
+            *self.scale.clap_overrides,
+            *self._training_overrides(layout.clap),
+            f"data.audio_root={layout.audio}",
+            f"model.clip_seconds={self.scale.seconds}",  # the clips' length: no crops, no padding
+        ]
+        try:
+            config = load_clap_train_config(self.options.clap_config, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"CLAP tower config {self.options.clap_config}: {err}") from err
+        config.seed += self.options.seed
+        return config
+
+    def stage_clap(self) -> None:
+        from omegaconf import OmegaConf
+
+        layout = self.layout
+        if not self.options.random_feature_models:
+            self.runner.not_run("clap", {"clap": self.options.clap}, f"using the given CLAP model {self.options.clap}", {})
+            return
+        config = self.clap_config()
+        resolved = OmegaConf.to_container(OmegaConf.structured(config))
+        resolved.pop("output_dir")  # paths follow from --output; where things run decides nothing
+        for key in ("train_file", "validation_file", "audio_root"):
+            resolved["data"].pop(key)
+        for key in ("cpu", "progress"):
+            resolved["train"].pop(key)
+        settings = {"upstream": {"data": self.fingerprints["data"]}, "config": resolved}
+
+        def run(fresh: bool) -> dict[str, Any]:
+            from ..clap.embedder import ClapTowerEmbedder
+            from ..clap.evaluation import evaluate_retrieval, evaluate_zero_shot, format_report
+            from .train_clap import train_clap
+
+            result = train_clap(config)
+            if result.status != "completed":
+                raise DemoInterrupted("clap", result.signal or "a stop request")
+            embedder = ClapTowerEmbedder.from_pretrained(self.trained_clap(), device="cpu")
+            retrieval = evaluate_retrieval(embedder, layout.manifest("test"), layout.audio)
+            say("    " + format_report(retrieval).replace("\n", "\n    "))
+            labels = layout.data / "labels" / "test.csv"
+            zero_shot = None
+            if len(labels.read_text().splitlines()) > 1:  # a header and at least one single-source clip
+                zero_shot = evaluate_zero_shot(embedder, labels, layout.audio)
+                say("    " + format_report(zero_shot).replace("\n", "\n    "))
+            report = {"model": self.trained_clap().name, "retrieval": retrieval, "zero_shot": zero_shot,
+                      "steps": result.global_step, "best": result.best}
+            layout.clap_report.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+            return report
+
+        def check(result: dict[str, Any]) -> str | None:
+            directory = self.trained_clap()
+            for name in ("config.json", "model.safetensors"):
+                if not (directory / name).is_file():
+                    return f"{directory / name} is missing"
+            if not layout.clap_report.is_file():
+                return f"{layout.clap_report} is missing"
+            return None
+
+        self.runner.run(
+            "clap", settings, run=run, check=check, wipe=[layout.clap],
+            describe=f"train a tiny CLAP tower from scratch on the {self.scale.num_train} training clips and their captions "
+                     f"({config.model.audio_encoder} + {config.model.text_config.get('model_type', 'text')} text tower, "
+                     f"{config.train.num_train_epochs} epochs, config {self.options.clap_config}), "
+                     f"then retrieval and zero-shot on the test split -> {layout.clap}",
+        )
+
+    # ------------------------------------------------------------------------- 4. features
 
     def _extract_config(self):
         from ..jobs.extract import ExtractConfig
@@ -490,11 +475,12 @@ class _Demo:
             keys += [c.key for c in read_manifest(self.layout.manifest(split))]
         return keys
 
-    def stage_features(self, index: int) -> None:
+    def stage_features(self) -> None:
         layout = self.layout
         config = self._extract_config()
         settings = {
-            "upstream": {"data": self.fingerprints["data"], "models": self.fingerprints["models"]},
+            "upstream": {"data": self.fingerprints["data"], "models": self.fingerprints["models"],
+                         "clap": self.fingerprints["clap"]},
             # Which models is part of "models"; batching, processes, threads and the device do not change the
             # features (the extraction job keeps them batch-independent), so only these decide them:
             "extract": {"bandwidth": config.bandwidth, "max_seconds": config.max_seconds},
@@ -504,7 +490,7 @@ class _Demo:
             from ..jobs.extract import run_extraction
 
             summary = run_extraction(config)
-            _say("    " + summary.format().replace("\n", "\n    "))
+            say("    " + summary.format().replace("\n", "\n    "))
             if summary.failed:
                 raise StageFailed(f"feature extraction failed for {len(summary.failed)} file(s); see {layout.features / 'failures.csv'}")
             return {"clips": summary.total, "extracted": summary.done, "already_stored": summary.skipped_existing}
@@ -521,39 +507,32 @@ class _Demo:
                 return f"{len(missing)} clip(s) missing from {layout.features} (first: {missing[0]})"
             return None
 
-        self._stage(
-            index, "features", settings, run=run, check=check, wipe=[layout.features],
+        self.runner.run(
+            "features", settings, run=run, check=check, wipe=[layout.features],
             describe=f"EnCodec codes + CLAP embeddings of every clip -> {layout.features}",
         )
 
-    # ------------------------------------------------------------------------- 4. train
+    # ------------------------------------------------------------------------- 5. train
 
     def train_config(self):
         """The resolved training config: cfg/demo.yaml < --quick sizes < the demo's paths < user overrides."""
         from ..jobs.train_captioner import load_train_config
 
         layout = self.layout
-        cpu = self.options.device == "cpu" or (self.options.device == "auto" and not _cuda_available())
-        overrides = [
-            *self.scale.train_overrides,
-            f"output_dir={layout.captioner}",
-            f"data.train_file={layout.manifest('train')}",
-            f"data.validation_file={layout.manifest('valid')}",
-            f"data.features={layout.features}",
-            f"train.cpu={str(cpu).lower()}",
-            f"train.progress={str(self.options.progress).lower()}",
-        ]
+        overrides = [*self.scale.train_overrides, *self._training_overrides(layout.captioner), f"data.features={layout.features}"]
         if self.options.random_feature_models:
             # pipeline.json of the exported models names the feature models relative to the model directory
             # (captioner/final -> ../../models/...), so the run directory can be moved as a whole.
-            overrides += ["data.encodec_model=../../models/encodec", "data.clap_model=../../models/clap"]
+            overrides += ["data.encodec_model=../../models/encodec", f"data.clap_model=../../clap/{self.trained_clap().name}"]
         overrides += list(self.options.overrides)
         try:
-            return load_train_config(self.options.config, overrides)
+            config = load_train_config(self.options.config, overrides)
         except ConfigError as err:
             raise ConfigError(f"training config {self.options.config} + overrides: {err}") from err
+        config.seed += self.options.seed  # --seed varies the training too (0: the config's own seed)
+        return config
 
-    def stage_train(self, index: int) -> None:
+    def stage_train(self) -> None:
         from omegaconf import OmegaConf
 
         layout = self.layout
@@ -589,8 +568,8 @@ class _Demo:
             return None
 
         m = config.model
-        self._stage(
-            index, "train", settings, run=run, check=check, wipe=[layout.captioner],
+        self.runner.run(
+            "train", settings, run=run, check=check, wipe=[layout.captioner],
             describe=f"a {m.encoder_layers}+{m.decoder_layers}-layer BART captioner (d_model {m.d_model}, random start) with "
                      f"EnCLAP's caption + masked-codec-modeling loss, {config.train.num_train_epochs} epochs "
                      f"(config {self.options.config}) -> {layout.captioner}",
@@ -601,7 +580,7 @@ class _Demo:
         best = self.layout.captioner / "best"
         return best if (best / "config.json").is_file() else self.layout.captioner / "final"
 
-    # ------------------------------------------------------------------------- 5. evaluate
+    # ------------------------------------------------------------------------- 6. evaluate
 
     def _save_untrained(self) -> Path:
         """The captioner at its random initialisation (same config and seed), saved as a checkpoint."""
@@ -624,7 +603,7 @@ class _Demo:
         model = build_model(config, tokenizer, num_codebooks=num_codebooks, d_clap=d_clap, codebook_size=codebook_size)
         settings = PipelineSettings.read(trained)
         directory = self.layout.untrained
-        _remove(directory)
+        remove(directory)
         CaptioningPipeline(model.eval(), tokenizer, None, settings=settings, device="cpu").save_pretrained(directory)
         # pipeline.json as the trained model's (same relative feature-model paths: eval/untrained is as deep)
         shutil.copyfile(trained / "pipeline.json", directory / "pipeline.json")
@@ -645,19 +624,53 @@ class _Demo:
             argv.append("--no_resume")
         return run_evaluation(build_parser().parse_args(argv))
 
-    def stage_evaluate(self, index: int) -> None:
+    def constant_baseline(self) -> dict[str, Any]:
+        """The audio-blind baseline: one caption for every test clip, the best a model deaf to the audio could pick.
+
+        Candidates: a seeded sample of :data:`CONSTANT_CANDIDATES` distinct training captions; chosen by
+        mean per-clip CIDEr-D on the validation split (never on test), then scored on the test split with
+        the same metrics as the captioner. (Scoring all candidates in one call leaves every per-clip score
+        as it is alone: CIDEr-D's document frequencies and corpus size both scale with the copies.)
+        """
+        import numpy as np
+
+        from ..data.manifest import read_caption_pairs, read_manifest
+        from ..metrics import CaptionScorer
+
+        pool = sorted({caption for _, caption in read_caption_pairs(self.layout.manifest("train"))})
+        rng = np.random.default_rng([self.options.seed, 7])
+        if len(pool) > CONSTANT_CANDIDATES:
+            pool = [pool[i] for i in sorted(rng.choice(len(pool), CONSTANT_CANDIDATES, replace=False))]
+        valid = [list(c.captions) for c in read_manifest(self.layout.manifest("valid"))]
+        chooser = CaptionScorer(metrics=["cider_d"])
+        per_clip = chooser.score([c for c in pool for _ in valid], [r for _ in pool for r in valid], per_clip=True).per_clip
+        means = np.asarray(per_clip["cider_d"], dtype=float).reshape(len(pool), len(valid)).mean(axis=1)
+        best = int(np.argmax(means))
+        test = [list(c.captions) for c in read_manifest(self.layout.manifest("test"))]
+        report = CaptionScorer().score([pool[best]] * len(test), test)
+        return {"caption": pool[best], "validation_cider_d": float(means[best]), "scores": report.corpus,
+                "chosen_on": "validation", "candidates": len(pool)}
+
+    def stage_evaluate(self) -> None:
         layout = self.layout
-        settings = {"upstream": {"train": self.fingerprints["train"], "features": self.fingerprints["features"]}}
+        settings = {"upstream": {"train": self.fingerprints["train"], "features": self.fingerprints["features"],
+                                 "data": self.fingerprints["data"]},
+                    "constant_baseline": {"candidates": CONSTANT_CANDIDATES, "seed": self.options.seed}}
 
         def run(fresh: bool) -> dict[str, Any]:
             layout.eval.mkdir(parents=True, exist_ok=True)
-            _say(f"    the trained captioner ({self.trained_checkpoint()}) on the {self.scale.num_test} test clips:")
+            say(f"    the trained captioner ({self.trained_checkpoint()}) on the {self.scale.num_test} test clips:")
             trained = self._evaluate(self.trained_checkpoint(), "trained", fresh)
-            _say("    the same captioner at its random initialisation (a reference point: what training added):")
+            say("    the same captioner at its random initialisation (a reference point: what training added):")
             untrained = self._evaluate(self._save_untrained(), "untrained", True)
+            say("    an audio-blind baseline: the training caption that scores best on the validation split, for every test clip")
+            constant = self.constant_baseline()
+            say(f"      \"{constant['caption']}\": " + ", ".join(
+                f"{HEADLINE_METRICS[m]} {constant['scores'][m]:.4f}" for m in HEADLINE_METRICS if m in constant["scores"]))
             return {
                 "scores": trained.scores,
                 "untrained_scores": untrained.scores,
+                "constant_baseline": constant,
                 "unavailable": trained.unavailable,
                 "model": self.trained_checkpoint().name,
             }
@@ -671,16 +684,18 @@ class _Demo:
                     return f"{path}: {err}"
                 if "cider_d" not in scores:
                     return f"{path} holds no CIDEr-D score"
+            if "cider_d" not in (result.get("constant_baseline") or {}).get("scores", {}):
+                return "the audio-blind baseline was not scored"
             return None
 
-        self._stage(
-            index, "evaluate", settings, run=run, check=check, wipe=[layout.eval],
+        self.runner.run(
+            "evaluate", settings, run=run, check=check, wipe=[layout.eval],
             describe=f"caption the test split from its features and score with the AAC metrics -> {layout.eval}",
         )
 
-    # ------------------------------------------------------------------------- 6. caption
+    # ------------------------------------------------------------------------- 7. caption
 
-    def stage_caption(self, index: int) -> None:
+    def stage_caption(self) -> None:
         layout = self.layout
         settings = {"upstream": {"train": self.fingerprints["train"], "data": self.fingerprints["data"],
                                  "models": self.fingerprints["models"]}, "files": NUM_CAPTIONED_FILES}
@@ -719,12 +734,12 @@ class _Demo:
                 return f"{layout.captions} does not hold {NUM_CAPTIONED_FILES} captions"
             return None
 
-        self._stage(
-            index, "caption", settings, run=run, check=check, wipe=[layout.captions],
+        self.runner.run(
+            "caption", settings, run=run, check=check, wipe=[layout.captions],
             describe=f"caption {NUM_CAPTIONED_FILES} test recordings from their audio (EnCodec + CLAP + captioner) -> {layout.captions}",
         )
         for row in self.reports["caption"].result["captions"]:
-            _say(f"    {layout.root / row['file']}\n      caption:   {row['caption']}\n"
+            say(f"    {layout.root / row['file']}\n      caption:   {row['caption']}\n"
                  f"      reference: {row['references'][0]}")
 
     # ------------------------------------------------------------------------- summary
@@ -736,6 +751,7 @@ class _Demo:
             "data": str(layout.data),
             "manifests": str(layout.csv),
             "feature_models": str(layout.models) if self.options.random_feature_models else f"{self.options.encodec} + {self.options.clap}",
+            **({"clap_tower": str(self.trained_clap())} if self.options.random_feature_models else {}),
             "features": str(layout.features),
             "captioner": str(layout.captioner),
             "trained_model": str(self.trained_checkpoint()),
@@ -757,16 +773,10 @@ class _Demo:
             captions=list(self.reports["caption"].result.get("captions") or []),
             random_feature_models=self.options.random_feature_models,
             seconds=seconds,
+            constant_baseline=dict(evaluation.get("constant_baseline") or {}),
+            clap={k: v for k, v in self.reports["clap"].result.items() if k in ("model", "retrieval", "zero_shot")},
+            stage_order=STAGES,
         )
-
-
-_RANDOM_BANNER = """
-!!! The EnCodec and CLAP feature models of this demo are RANDOM-INITIALISED (the model hub is not used). !!!
-    Their features still tell the synthetic sounds apart, so the captioner learns this data set, but its
-    captions come from the synthetic training data only and mean nothing for real recordings. With the hub
-    or local copies, run the same demo on the real models:
-        enclap-demo --encodec facebook/encodec_24khz --clap laion/clap-htsat-fused
-"""
 
 
 def _cuda_available() -> bool:
@@ -775,39 +785,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Deterministic torch kernels for the duration (restored after): a rerun then reproduces bit for bit.
 
+    Measured: with 2 CPU threads the backward pass of the masked-codec loss's row gather (an accumulating
+    ``index_put_``) adds in a varying order, so two trainings on identical features differed by 1e-8 in
+    their first losses and by 0.11 CIDEr-D at the end; with deterministic algorithms both are identical.
+    ``warn_only``: a kernel without a deterministic version warns instead of stopping the demo.
+    """
+    import torch
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 90 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
-
-
-def format_summary(result: DemoResult) -> str:
-    """The closing report: where everything is, the scores (trained vs untrained), the time of each stage."""
-    lines = ["", f"==== EnCLAP demo finished in {_duration(result.seconds)}: everything is under {result.output} ===="]
-    width = max(len(k) for k in result.paths)
-    lines += [f"  {name.ljust(width)}  {path}" for name, path in result.paths.items()]
-    if result.scores:
-        names = [m for m in HEADLINE_METRICS if m in result.scores]
-        head = " | ".join(f"{HEADLINE_METRICS[m]:>8}" for m in names)
-        lines += ["", f"  test scores            | {head}",
-                  "  trained captioner      | " + " | ".join(f"{result.scores[m]:8.4f}" for m in names),
-                  "  untrained (random init)| " + " | ".join(f"{result.baseline_scores.get(m, float('nan')):8.4f}" for m in names)]
-        if result.unavailable_metrics:
-            lines.append(f"  not computed here: {', '.join(sorted(result.unavailable_metrics))} "
-                         "(`enclap-metrics check` says why and how to enable them)")
-    lines += ["", "  stage      status              wall time (of the run that did it)"]
-    for name in STAGES:
-        report = result.stages.get(name)
-        if report is not None:
-            status = report.status + (" (resumed)" if report.resumed else "")
-            lines.append(f"  {name:<10} {status:<19} {_duration(report.seconds)}")
-    if result.random_feature_models:
-        lines += ["", "  Reminder: the EnCodec / CLAP models were random (see the note at the start); use "
-                      "--encodec facebook/encodec_24khz --clap laion/clap-htsat-fused for the real ones."]
-    lines += ["", "  Rerun the same command to skip what is done (an interrupted stage resumes); --force STAGE redoes a stage."]
-    return "\n".join(lines)
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -841,7 +835,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help=f"redo STAGE and every stage after it ({', '.join(STAGES)}, or all); repeatable")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the captioner's training config (default: cfg/demo.yaml)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data set and the random feature models")
+    parser.add_argument("--clap-config", default=str(DEFAULT_CLAP_CONFIG),
+                        help="the CLAP tower's training config (default: cfg/clap/tiny.yaml)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of everything: the synthetic data, the random EnCodec, and (added to their configs' seeds) "
+                             "the CLAP tower's and the captioner's training")
     parser.add_argument("--encodec", default=None, help=f"a real EnCodec (hub id or directory), e.g. {REAL_ENCODEC}; needs --clap")
     parser.add_argument("--clap", default=None, help=f"a real CLAP (hub id or directory), e.g. {REAL_CLAP}; needs --encodec")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -872,6 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = DemoOptions(
         output=Path(args.output), quick=args.quick, device=args.device, config=Path(args.config),
+        clap_config=Path(args.clap_config),
         overrides=list(args.overrides), force=list(args.force), seed=args.seed, encodec=args.encodec,
         clap=args.clap, progress=args.progress,
     )

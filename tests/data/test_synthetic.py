@@ -40,7 +40,7 @@ def test_same_config_gives_byte_identical_files(tmp_path):
     generate_dataset(tmp_path / "a", cfg)
     generate_dataset(tmp_path / "b", SyntheticConfig(**SMALL, seed=3))
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
-    assert len(a) == 6 + 3 + 3 + 3 + 3 + 1  # wavs, csvs, meta, config.json
+    assert len(a) == 6 + 3 + 3 + 3 + 3 + 3 + 1  # wavs, csvs, meta, labels, config.json
     assert a == b
     generate_dataset(tmp_path / "c", SyntheticConfig(**SMALL, seed=4))
     c = tree(tmp_path / "c")
@@ -97,6 +97,26 @@ def test_splits_columns_and_paraphrases(tmp_path):
             assert rate == 16000 and len(samples) == 3 * 16000
             assert 0.02 < np.abs(samples).max() <= 0.96
             assert scenes[clip.file_path].structure in STRUCTURES
+
+
+def test_label_csvs_name_the_source_of_every_single_source_clip(tmp_path):
+    import csv
+
+    from enclap.data.synthetic import KIND_LABELS
+
+    cfg = SyntheticConfig(**dict(SMALL, num_train=30, num_valid=0, num_test=0), structure_weights=[0.5, 0.5, 0.0, 0.0])
+    generate_dataset(tmp_path, cfg)
+    with open(tmp_path / "labels" / "train.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    scenes = read_scenes(tmp_path / "meta" / "train.jsonl")
+    # read back from the scenes, independently of the label writer: one row per single-source clip, in order
+    expected = [(path[: -len(".npy")] + ".wav", scene.events[0].kind) for path, scene in scenes.items() if scene.structure == "single"]
+    assert 5 <= len(expected) < 30  # both structures were drawn
+    names = {v: k for k, v in KIND_LABELS.items()}
+    assert [(r["file"], names[r["label"]]) for r in rows] == expected
+    assert all((tmp_path / "audio" / r["file"]).is_file() for r in rows)
+    assert len(set(KIND_LABELS.values())) == len(KIND_LABELS)
+    assert (tmp_path / "labels" / "valid.csv").read_text() == "file,label\n"  # an empty split: header only
 
 
 def test_config_validation():

@@ -56,19 +56,36 @@ def check_every_stage_output(output: Path, stdout: str) -> None:
     for split_clips in clips.values():
         assert all((output / "data" / "audio" / f"{c.key}.wav").is_file() for c in split_clips)
 
-    # models: marked random; features: every clip, EnCLAP's geometry, frames = ceil(seconds * 75)
+    # models: marked random; the CLAP tower: trained here, its test figures next to chance, in the summary
     assert is_random_model_dir(output / "models" / "encodec") and is_random_model_dir(output / "models" / "clap")
+    tower = output / "clap" / "best"
+    assert not is_random_model_dir(tower) and (tower / "model.safetensors").is_file()
+    tower_dim = json.loads((tower / "config.json").read_text())["projection_dim"]
+    clap = summary["clap"]
+    assert clap == {k: v for k, v in json.loads((output / "clap" / "test_report.json").read_text()).items() if k in clap}
+    retrieval = clap["retrieval"]
+    assert retrieval["clips"] == QUICK.num_test and retrieval["captions"] == QUICK.num_test * QUICK.captions_per_clip
+    assert retrieval["chance"]["t2a_R@1"] == pytest.approx(1 / QUICK.num_test)
+    assert 0.0 <= retrieval["metrics"]["t2a_R@1"] <= 1.0 and 0.0 <= retrieval["metrics"]["a2t_R@1"] <= 1.0
+    labelled = (output / "data" / "labels" / "test.csv").read_text().splitlines()[1:]
+    if labelled:  # the seeded quick test split has single-source clips; the zero-shot figures are over them
+        assert clap["zero_shot"]["clips"] == len(labelled)
+        assert clap["zero_shot"]["chance"]["top1"] == pytest.approx(1 / len({row.split(",")[1] for row in labelled}))
+    assert "text->audio R@1" in stdout and "zero-shot top-1" in stdout
+
+    # features: every clip, EnCLAP's geometry, frames = ceil(seconds * 75), the trained tower's embedding
     store = open_feature_store(str(output / "features"))
     keys = [c.key for split_clips in clips.values() for c in split_clips]
     assert sorted(store.keys()) == sorted(keys)
     clip = store[keys[0]]
-    assert clip.codes.shape == (int(np.ceil(QUICK.seconds * 75)), 16) and clip.clap.shape == (512,)
+    assert clip.codes.shape == (int(np.ceil(QUICK.seconds * 75)), 16) and clip.clap.shape == (tower_dim,)
     assert (output / "features" / "failures.csv").read_text().strip() == "file,reason"
 
     # captioner: loads in the pipeline with its feature models, named relative to it (the run can move)
     for name in ("final", "best"):
         pipeline = CaptioningPipeline.from_pretrained(output / "captioner" / name, device="cpu")
         assert Path(pipeline.settings.encodec).resolve() == (output / "models" / "encodec").resolve()
+        assert Path(pipeline.settings.clap).resolve() == tower.resolve()
         assert pipeline.features is not None and pipeline.features.num_codebooks == 16
 
     # evaluation: the metrics that run offline, and the unavailable ones named with their reasons
@@ -80,6 +97,20 @@ def check_every_stage_output(output: Path, stdout: str) -> None:
         rows = list(csv.DictReader(fh))
     assert [r["file_path"] for r in rows] == [c.file_path for c in clips["test"]]
     assert summary["scores"] == scores["scores"]
+
+    # the audio-blind baseline: a training caption (chosen on the validation split), for every test clip,
+    # scored on the test split; recomputed here with the scorer directly
+    from enclap.data.manifest import read_caption_pairs
+    from enclap.metrics import CaptionScorer
+
+    baseline = summary["constant_baseline"]
+    assert baseline["caption"] in {caption for _, caption in read_caption_pairs(output / "data" / "csv" / "train.csv")}
+    assert baseline["chosen_on"] == "validation"
+    direct = CaptionScorer(metrics=["cider_d", "meteor"]).score(
+        [baseline["caption"]] * len(clips["test"]), [list(c.captions) for c in clips["test"]]).corpus
+    assert baseline["scores"]["cider_d"] == pytest.approx(direct["cider_d"]) and baseline["scores"]["meteor"] == pytest.approx(direct["meteor"])
+    assert "audio-blind: best constant caption" in stdout and baseline["caption"] in stdout
+    assert "python gradio_app.py" in stdout
 
     # captions: three test recordings, captioned from audio, printed next to a reference
     with open(output / "captions.csv", newline="") as fh:
@@ -130,6 +161,16 @@ def test_quick_demo_end_to_end_then_skip_resume_and_redo_rules(tmp_path):
     again = summary_of(output)
     assert again["scores"] == before["scores"] and again["captions"] == before["captions"]
 
+    # 1b. a rerun with the same seed reproduces: retraining from scratch gives the same bytes and scores
+    trained_first = (output / "captioner" / "final" / "model.safetensors").read_bytes()
+    code, stdout, _ = run_demo_main(output, "--force", "train")
+    assert code == 0, stdout
+    assert statuses(output) == {**{s: "skipped" for s in STAGES[:4]}, **{s: "done" for s in STAGES[4:]}}
+    assert (output / "captioner" / "final" / "model.safetensors").read_bytes() == trained_first
+    rerun = summary_of(output)
+    assert rerun["scores"] == before["scores"] and rerun["constant_baseline"] == before["constant_baseline"]
+    assert rerun["captions"] == before["captions"]
+
     # 2. a stage recorded as started but not finished (killed) runs again and resumes through its job:
     #    the extraction finds every clip stored and extracts none, so the stages after it stay valid
     state_file = output / ".demo" / "features.json"
@@ -159,7 +200,7 @@ def test_quick_demo_end_to_end_then_skip_resume_and_redo_rules(tmp_path):
     # 4. a training setting changed: training and the stages after it are redone, the others kept
     code, stdout, _ = run_demo_main(output, "train.learning_rate=2.0e-03")
     assert code == 0, stdout
-    assert statuses(output) == {"data": "skipped", "models": "skipped", "features": "skipped",
+    assert statuses(output) == {"data": "skipped", "models": "skipped", "clap": "skipped", "features": "skipped",
                                 "train": "done", "evaluate": "done", "caption": "done"}
     assert "settings changed" in stdout
     assert (output / "captioner" / "final" / "model.safetensors").read_bytes() != trained_before
@@ -227,3 +268,32 @@ def test_a_feature_model_that_cannot_be_found_is_named(tmp_path, capsys):
         assert main(args) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "does not exist" in err
+
+
+def test_deterministic_kernels_make_the_threaded_gather_backward_reproducible():
+    """The masked-codec loss gathers encoder rows by index; its backward accumulates into shared rows."""
+    import torch
+
+    from enclap.jobs.demo import deterministic_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(8, 231, 64, generator=generator, requires_grad=True)
+    rows_b = torch.randint(0, 8, (5000,), generator=generator)
+    rows_t = torch.randint(0, 231, (5000,), generator=generator)
+    weights = torch.randn(5000, 64, generator=generator)
+
+    def gradient() -> torch.Tensor:
+        hidden.grad = None
+        (hidden[rows_b, rows_t] * weights).sum().backward()
+        return hidden.grad.clone()
+
+    # an independent computation of the same gradient: every gathered row adds its weights to its source row
+    expected = torch.zeros_like(hidden, dtype=torch.float64)
+    expected.index_put_((rows_b, rows_t), weights.double(), accumulate=True)
+    before = torch.are_deterministic_algorithms_enabled()
+    with torch_threads(2), deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled()
+        grads = [gradient() for _ in range(5)]
+    assert torch.are_deterministic_algorithms_enabled() == before  # restored
+    assert all(torch.equal(g, grads[0]) for g in grads)
+    assert torch.allclose(grads[0].double(), expected, atol=1e-5)
