@@ -43,6 +43,8 @@ from ..errors import ConfigError, EnclapError
 from ..training.loop import LoopConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
@@ -674,7 +676,6 @@ def _signal_exit_code(name: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit code (see the module docstring)."""
-    from ..training.loop import NonFiniteLossError
     from . import quiet_model_loading
 
     parser = build_parser()
@@ -709,29 +710,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    status, result = run_training_command("train", lambda: train_captioner(config))
+    if result is None or result.status == "interrupted":
+        return status
+    if rank == 0:
+        print(f"train: finished: {result.summary()}", flush=True)
+    return 0
+
+
+def run_training_command(program: str, train: "Callable[[], TrainingResult]") -> "tuple[int, TrainingResult | None]":
+    """Run a training job as a command: ``(exit status, result)`` with a message on stderr for each way it ends.
+
+    1: the loss became non-finite (nothing saved past the last good checkpoint); 2: a configuration or data
+    error; 130: a second Ctrl-C aborted without saving; a signal's code when a signal stopped it (a checkpoint
+    was saved: rerunning the command resumes); 0 when it finished. Used by every training command.
+    """
+    from ..training.loop import NonFiniteLossError
+
     try:
-        result = train_captioner(config)
+        result = train()
     except NonFiniteLossError as err:
-        print(f"train: {err}", file=sys.stderr)
-        return 1
+        print(f"{program}: {err}", file=sys.stderr)
+        return 1, None
     except EnclapError as err:
-        print(f"train: {err}", file=sys.stderr)
-        return 2
+        print(f"{program}: {err}", file=sys.stderr)
+        return 2, None
     except KeyboardInterrupt:
-        print("train: aborted without saving; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        print(f"{program}: aborted without saving; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130, None
     finally:
         _end_distributed()
     if result.status == "interrupted":
         print(
-            f"train: stopped by {result.signal or 'request'} at step {result.global_step} of {result.total_steps}; "
+            f"{program}: stopped by {result.signal or 'request'} at step {result.global_step} of {result.total_steps}; "
             f"checkpoint {result.last_checkpoint}. Rerun the same command to resume.",
             file=sys.stderr,
         )
-        return _signal_exit_code(result.signal)
-    if rank == 0:
-        print(f"train: finished: {result.summary()}", flush=True)
-    return 0
+        return _signal_exit_code(result.signal), result
+    return 0, result
 
 
 def _end_distributed() -> None:

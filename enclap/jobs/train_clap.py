@@ -357,9 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit code (see the module docstring)."""
-    from ..training.loop import NonFiniteLossError
     from . import quiet_model_loading
-    from .train_captioner import _end_distributed, _signal_exit_code
+    from .train_captioner import run_training_command
 
     args = build_parser().parse_args(argv)
     try:
@@ -380,23 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     quiet_model_loading()
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    try:
-        result = train_clap(config)
-    except NonFiniteLossError as err:
-        print(f"train-clap: {err}", file=sys.stderr)
-        return 1
-    except EnclapError as err:
-        print(f"train-clap: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("train-clap: aborted without saving; rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    finally:
-        _end_distributed()
-    if result.status == "interrupted":
-        print(f"train-clap: stopped at step {result.global_step} of {result.total_steps}; checkpoint {result.last_checkpoint}. "
-              "Rerun the same command to resume.", file=sys.stderr)
-        return _signal_exit_code(result.signal)
+    status, result = run_training_command("train-clap", lambda: train_clap(config))
+    if result is None or result.status == "interrupted":
+        return status
     if rank == 0:
         best = f"; best {result.best['metric']}={result.best['value']:.4f} at step {result.best['step']}: {result.best_dir}" if result.best else ""
         print(f"train-clap: finished {result.global_step} steps; final tower: {result.final_dir}{best}", flush=True)
