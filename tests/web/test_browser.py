@@ -21,6 +21,7 @@ import soundfile as sf
 
 from enclap.webapp import format_time
 
+from ..conftest import torch_threads
 from .conftest import network_requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
@@ -153,7 +154,8 @@ def test_upload_a_wav_and_read_its_caption(browser, server, demo_pipeline, test_
     open_page(browser, server)
     network_requests(browser)  # start the log afresh
     status = upload_and_caption(browser, clip)
-    expected = demo_pipeline.caption_timed([clip])[0]
+    with torch_threads(1):
+        expected = demo_pipeline.caption_timed([clip])[0]
     assert status.startswith("Captioned a recording.wav"), status
     caption = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#caption-text textarea").get_attribute("value"), "the caption")
     assert visible(caption) == visible(expected.caption)
@@ -171,7 +173,8 @@ def test_a_long_recording_gets_its_table_of_windows(browser, server, demo_pipeli
     rate = sf.info(str(test_clips[0])).samplerate
     long_file = tmp_path / "long recording.flac"
     sf.write(str(long_file), np.concatenate(parts), rate)
-    expected = demo_pipeline.caption_timed([long_file])[0]
+    with torch_threads(1):
+        expected = demo_pipeline.caption_timed([long_file])[0]
     assert len(expected.windows) >= 2  # longer than the encoder's window
 
     open_page(browser, server)
