@@ -366,7 +366,7 @@ class WebOptions:
 
 def build_app(options: WebOptions) -> WebDemo:
     """Load the pipeline, the tagger and the search index the options name (with the demo's defaults)."""
-    from .features.clap_text import ClapTextEmbedder, ZeroShotTagger, load_text_embedder, read_labels
+    from .features.clap_text import ZeroShotTagger, load_text_embedder, read_labels, text_embedder_for
     from .pipeline import CaptioningPipeline
     from .search import SearchIndex, clap_spec_for_index, update_index
 
@@ -380,7 +380,7 @@ def build_app(options: WebOptions) -> WebDemo:
 
     tagger, tags_off, pipeline_text = None, None, None
     try:
-        pipeline_text = ClapTextEmbedder.from_audio_embedder(audio_clap)
+        pipeline_text = text_embedder_for(audio_clap)
         tagger = ZeroShotTagger(pipeline_text, read_labels(options.labels))
     except (EnclapError, OSError, AttributeError) as err:
         if options.labels:  # asked for explicitly: an error, not a silent omission

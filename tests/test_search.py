@@ -11,6 +11,7 @@ import pytest
 
 from enclap.audio import load_audio
 from enclap.features.clap_embed import ClapAudioEmbedder
+from enclap.errors import ConfigError
 from enclap.features.clap_text import ClapTextEmbedder
 from enclap.jobs.search import main as search_main
 from enclap.search import SearchIndex, SearchIndexError, update_index, write_index_arrays
@@ -243,3 +244,38 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, folder, clap_dir, capsys):
     assert "Could not load CLAP" in err and "no-clap" in err
     assert search_main(["index", str(tmp_path / "no-folder"), "--index", str(tmp_path / "i"), "--clap", str(clap_dir)]) == 2
     assert "no-folder: not a directory" in capsys.readouterr().err
+
+
+def test_a_project_clap_tower_serves_search_and_zero_shot(folder, tmp_path, capsys, one_torch_thread):
+    """A tower trained here (enclap-train-clap's export) is a text tower for search and tags, as a HF ClapModel is."""
+    import torch
+
+    from enclap.clap.embedder import ClapTowerEmbedder
+    from enclap.features.clap_text import ZeroShotTagger, load_text_embedder, text_embedder_for
+
+    from .clap.factories import tiny_tower
+
+    tower_dir = tmp_path / "tower"
+    tiny_tower(seed=3).save_pretrained(tower_dir)
+    text = load_text_embedder(tower_dir)
+    assert isinstance(text, ClapTowerEmbedder)
+    audio = ClapAudioEmbedder.from_pretrained(tower_dir)  # the loader the captioner's features use
+    assert text_embedder_for(audio) is audio  # the tower is its own text tower: no second copy
+    with pytest.raises(ConfigError, match="carries its own tokenizer"):
+        load_text_embedder(tower_dir, tokenizer="roberta-base")
+
+    index_dir = tmp_path / "tower-idx"
+    assert search_main(["index", str(folder), "--index", str(index_dir), "--clap", str(tower_dir), "--dtype", "float32", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert search_main(["query", "a dog barks", "--index", str(index_dir), "--top", "6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav"))
+    dense = (text.embed_texts(["a dog barks"]) @ reference_embeddings(audio, folder, names).T)[0]
+    order = np.argsort(-dense)
+    assert [r["path"] for r in result["results"]] == [str(folder.resolve() / names[i]) for i in order]
+    np.testing.assert_allclose([r["score"] for r in result["results"]], dense[order], atol=1e-5)
+
+    tagger = ZeroShotTagger(text, ["dog bark", "rain", "siren"])
+    with torch.no_grad():
+        expected_temperature = float(torch.exp(text.model.logit_scale).clamp(max=text.model.config.logit_scale_max))
+    assert tagger.temperature == pytest.approx(expected_temperature)

@@ -115,6 +115,14 @@ class ClapTowerEmbedder:
     def dimension(self) -> int:
         return self.dim
 
+    @property
+    def logit_scale(self) -> float:
+        """The tower's learned inverse temperature (zero-shot probabilities use it, as LAION's do)."""
+        import torch
+
+        with torch.no_grad():
+            return float(self.model.scale().detach().cpu())
+
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, *, device: "str | torch.device" = "cpu", batch_size: int = 16, seed: int = 0

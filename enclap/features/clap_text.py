@@ -218,12 +218,27 @@ def character_tokenizer(vocab_size: int) -> "PreTrainedTokenizerFast":  # noqa: 
 def load_text_embedder(
     spec: str | os.PathLike, device: "str | torch.device" = "cpu", *, tokenizer: str | os.PathLike | None = None
 ) -> TextEmbedder:
-    """The text tower of the CLAP named by ``spec`` (hub id, HF directory, or LAION checkpoint).
+    """The text tower of the CLAP named by ``spec``: a tower trained by this project (``enclap-train-clap``'s
+    export), a hub id or HF ``ClapModel`` directory, or a LAION checkpoint.
 
     The one place the command line and the web demo get a text tower from: another CLAP
     implementation is added here.
     """
+    from ..clap.embedder import ClapTowerEmbedder, is_clap_tower_dir
+
+    if is_clap_tower_dir(spec):
+        if tokenizer is not None:
+            raise ConfigError(f"{spec}: a project CLAP tower carries its own tokenizer; drop --tokenizer")
+        return ClapTowerEmbedder.from_pretrained(spec, device=device)
     return ClapTextEmbedder.from_pretrained(spec, device=device, tokenizer=tokenizer)
+
+
+def text_embedder_for(audio: Any, *, tokenizer: str | os.PathLike | None = None) -> TextEmbedder:
+    """The text tower that goes with an audio embedder, sharing its weights: the embedder itself when it has
+    one (a project CLAP tower), else the text half of the HF ``ClapModel`` it holds."""
+    if hasattr(audio, "embed_texts"):
+        return audio
+    return ClapTextEmbedder.from_audio_embedder(audio, tokenizer=tokenizer)
 
 
 # ----------------------------------------------------------------------------------------- zero-shot
@@ -303,5 +318,6 @@ __all__ = [
     "character_tokenizer",
     "load_clap_tokenizer",
     "load_text_embedder",
+    "text_embedder_for",
     "read_labels",
 ]
