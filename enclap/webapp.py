@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import gradio as gr
 
     from .features.clap_text import TextEmbedder, ZeroShotTagger
-    from .pipeline import CaptioningPipeline
+    from .pipeline import CaptioningPipeline, TimedCaptionResult
     from .search import SearchIndex
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class CaptionOutput:
     windows: list[list[str]]  # [start, end, caption] rows
     picture: str | None  # PNG path
     tags: dict[str, float] | None  # label -> probability
+    downloads: list[str] = field(default_factory=list)  # SRT, WebVTT and JSON files of the timed captions
 
 
 class WebDemo:
@@ -223,7 +224,21 @@ class WebDemo:
             tags = self._tags(path)
             if (result.duration or 0) > TAG_SECONDS:
                 notes.append(f"Tags describe the first {TAG_SECONDS:.0f} s.")
-        return CaptionOutput(" ".join(notes), result.caption or "", rows, str(picture.path), tags)
+        return CaptionOutput(" ".join(notes), result.caption or "", rows, str(picture.path), tags, self._downloads(result, name))
+
+    def _downloads(self, result: "TimedCaptionResult", name: str) -> list[str]:
+        """The timed captions as SRT, WebVTT and JSON files named like the upload (one folder per request)."""
+        from .caption_formats import render, write_text
+
+        folder = self.workdir / f"captions-{self._pictures}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = Path(name).stem or "recording"
+        files = []
+        for fmt in ("srt", "vtt", "json"):
+            target = folder / f"{stem}.{fmt}"
+            write_text(target, render([result], fmt))
+            files.append(str(target))
+        return files
 
     def _tags(self, path: str, top: int = 5) -> dict[str, float]:
         from .audio import load_audio
@@ -283,6 +298,7 @@ def build_demo(app: WebDemo, *, title: str = "EnCLAP audio captioning") -> "gr.B
             gr.update(value=out.windows, visible=bool(out.windows)),
             out.picture,
             gr.update(value=out.tags, visible=out.tags is not None),
+            gr.update(value=out.downloads or None, visible=bool(out.downloads)),
         )
 
     def on_search(query: str, top: float):
@@ -315,9 +331,13 @@ def build_demo(app: WebDemo, *, title: str = "EnCLAP audio captioning") -> "gr.B
                 headers=["start", "end", "caption"], datatype=["str", "str", "str"], label="Captions by window",
                 interactive=False, visible=False, wrap=True, elem_id="windows", column_widths=["10%", "10%", "80%"],
             )
+            downloads = gr.File(
+                label="Captions as subtitles (SRT, WebVTT) and JSON", file_count="multiple", interactive=False,
+                visible=False, elem_id="downloads",
+            )
             picture = gr.Image(label="Waveform and log-mel spectrogram", type="filepath", interactive=False, elem_id="picture")
         caption_button.click(
-            on_caption, inputs=audio, outputs=[status, caption, windows, picture, tags], api_name="caption",
+            on_caption, inputs=audio, outputs=[status, caption, windows, picture, tags, downloads], api_name="caption",
         )
         with gr.Tab("Search", id="search-tab"):
             if app.index is None or app.search_text_embedder is None:
@@ -367,7 +387,7 @@ class WebOptions:
 def build_app(options: WebOptions) -> WebDemo:
     """Load the pipeline, the tagger and the search index the options name (with the demo's defaults)."""
     from .features.clap_text import ZeroShotTagger, load_text_embedder, read_labels, text_embedder_for
-    from .pipeline import CaptioningPipeline
+    from .pipeline import CaptioningPipeline, TimedCaptionResult
     from .search import SearchIndex, clap_spec_for_index, update_index
 
     demo_defaults = options.ckpt is None

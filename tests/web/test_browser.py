@@ -22,6 +22,7 @@ import soundfile as sf
 from enclap.webapp import format_time
 
 from ..conftest import torch_threads
+from ..jobs.test_caption import parse_srt
 from .conftest import network_requests
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
@@ -133,6 +134,21 @@ def table_rows(driver, selector: str) -> list[list[str]]:
     )
 
 
+def download_links(driver) -> dict[str, str]:
+    """{file name: URL} of the files the #downloads widget offers."""
+    return driver.execute_script(
+        "return Object.fromEntries(Array.from(document.querySelectorAll('#downloads a[href]'))"
+        ".map(a => [decodeURIComponent(new URL(a.href).pathname.split('/').pop()), a.href]))"
+    )
+
+
+def fetch(url: str) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=60) as response:  # the local server (assert_local checks the page's own requests)
+        return response.read().decode("utf-8")
+
+
 @pytest.fixture(scope="module")
 def demo_pipeline(demo_root):
     """The demo's captioner loaded directly (the independent side of every comparison)."""
@@ -184,6 +200,10 @@ def test_a_long_recording_gets_its_table_of_windows(browser, server, demo_pipeli
     rows = wait_for(lambda: table_rows(browser, "#windows"), "the table of windows")
     assert [[visible(c) for c in row] for row in rows] == window_rows(expected)
     assert rows[0][0] == "0:00.0" and rows[-1][1] == format_time(expected.duration)
+    links = wait_for(lambda: download_links(browser), "the subtitle downloads")
+    assert sorted(links) == ["long recording.json", "long recording.srt", "long recording.vtt"], links
+    cues = parse_srt(fetch(links["long recording.srt"]))
+    assert np.allclose([(start, end) for start, end, _ in cues], [(w.start, w.end) for w in expected.windows], atol=1e-3)
     screenshot(browser, "web-caption.png")
     assert_local(network_requests(browser), server.url)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from enclap.webapp import format_time
 
 from ..conftest import torch_threads
+from ..jobs.test_caption import parse_srt, parse_vtt
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web")]  # one server and one browser per run
 
@@ -20,7 +23,7 @@ def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
 
     clip = sorted((demo_root / "runs/demo/data/audio/test").glob("*.wav"))[1]
     client = Client(server.url, verbose=False)
-    status, caption, windows, picture, tags = client.predict(handle_file(str(clip)), api_name="/caption")
+    status, caption, windows, picture, tags, downloads = client.predict(handle_file(str(clip)), api_name="/caption")
     with torch_threads(1):
         expected = CaptioningPipeline.from_pretrained(demo_root / "runs/demo/captioner/best", device="cpu").caption_timed([clip])[0]
     assert status.startswith(f"Captioned **{clip.name}**")
@@ -30,6 +33,15 @@ def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
     assert Path(picture).suffix == ".png" and Path(picture).stat().st_size > 0
     tags = tags.get("value", tags)
     assert len(tags["confidences"]) == 5
+    downloads = downloads.get("value", downloads)
+    files = {Path(d["path"] if isinstance(d, dict) else d).name: Path(d["path"] if isinstance(d, dict) else d) for d in downloads}
+    assert sorted(files) == [f"{clip.stem}.json", f"{clip.stem}.srt", f"{clip.stem}.vtt"]
+    expected_times = [(w.start, w.end) for w in expected.windows]
+    srt_cues = parse_srt(files[f"{clip.stem}.srt"].read_text(encoding="utf-8"))
+    _, vtt_cues = parse_vtt(files[f"{clip.stem}.vtt"].read_text(encoding="utf-8"))
+    for cues in (srt_cues, vtt_cues):
+        assert np.allclose([(start, end) for start, end, _ in cues], expected_times, atol=1e-3)
+    assert json.loads(files[f"{clip.stem}.json"].read_text(encoding="utf-8"))[0]["caption"] == expected.caption
 
     bad = tmp_path / "not audio.wav"
     bad.write_text("hello")
