@@ -233,14 +233,14 @@ def test_search_shows_ranked_playable_results(browser, server, demo_root, test_c
 
     from enclap.audio import load_audio
     from enclap.features.clap_embed import ClapAudioEmbedder
-    from enclap.features.clap_text import ClapTextEmbedder
+    from enclap.features.clap_text import load_text_embedder
 
     query = "a dog barks"
     from enclap.pipeline import PipelineSettings
 
     clap_dir = PipelineSettings.read(demo_root / "runs/demo/captioner/best").clap  # the CLAP the demo captioner names
     audio = ClapAudioEmbedder.from_pretrained(clap_dir)
-    text = ClapTextEmbedder.from_pretrained(clap_dir)
+    text = load_text_embedder(clap_dir)  # a HF ClapModel (tiny demo) or the demo's own CLAP tower (a real demo run)
     dense = {
         path.name: float(score)
         for path, score in zip(test_clips, (text.embed_texts([query]) @ audio.embed([load_audio(p, audio.sample_rate)[0] for p in test_clips]).T)[0])
