@@ -228,8 +228,11 @@ class WebDemo:
 
     def _downloads(self, result: "TimedCaptionResult", name: str) -> list[str]:
         """The timed captions as SRT, WebVTT and JSON files named like the upload (one folder per request)."""
+        from dataclasses import replace
+
         from .caption_formats import render, write_text
 
+        result = replace(result, source=name)  # the upload's name, not the server's temporary path
         folder = self.workdir / f"captions-{self._pictures}"
         folder.mkdir(parents=True, exist_ok=True)
         stem = Path(name).stem or "recording"

@@ -41,7 +41,8 @@ def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
     _, vtt_cues = parse_vtt(files[f"{clip.stem}.vtt"].read_text(encoding="utf-8"))
     for cues in (srt_cues, vtt_cues):
         assert np.allclose([(start, end) for start, end, _ in cues], expected_times, atol=1e-3)
-    assert json.loads(files[f"{clip.stem}.json"].read_text(encoding="utf-8"))[0]["caption"] == expected.caption
+    record = json.loads(files[f"{clip.stem}.json"].read_text(encoding="utf-8"))[0]
+    assert (record["file"], record["caption"]) == (clip.name, expected.caption)  # the upload's name, no server path
 
     bad = tmp_path / "not audio.wav"
     bad.write_text("hello")
