@@ -206,7 +206,22 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self._close_loaders()
             self._signals.restore()
+
+    def _close_loaders(self) -> None:
+        """Stop the DataLoaders' persistent workers now, however the run ended.
+
+        The workers ignore SIGTERM (:func:`ignore_signals_in_worker`: they must outlive a Ctrl-C while the
+        checkpoint is saved), so one left for the garbage collector, which a reference cycle can delay past
+        the end of the program, is never stopped by the interpreter's exit, which then waits on it forever.
+        """
+        for name in ("_train_loader", "_val_loader"):
+            loader = getattr(self, name, None)
+            iterator = getattr(loader, "_iterator", None)  # where a DataLoader keeps its persistent workers
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            setattr(self, name, None)
 
     # ------------------------------------------------------------------ set-up
     def _geometry(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 
@@ -170,6 +171,20 @@ def test_resume_with_accumulation_and_loader_workers_equals_an_uninterrupted_run
     assert resumed.status == "completed"
     assert_same_weights(weights, reference_weights)
     assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["completed", "interrupted"])
+def test_a_run_leaves_no_loader_workers_behind(tmp_path, stop):
+    """Loader workers ignore SIGTERM (they must outlive a Ctrl-C while the checkpoint is saved), so a worker still
+    alive after run() makes the program's exit wait on it forever (seen in a benchmark that trained many models)."""
+    before = set(multiprocessing.active_children())
+    task = ToyTask()
+    trainer = Trainer(task, loop_config(dataloader_num_workers=2, num_train_epochs=1), output_dir=tmp_path, seed=5)
+    if stop:
+        task.module.hook = lambda module: stop_at(3)(trainer, module)
+    result = trainer.run()  # the trainer stays referenced: the run itself must have stopped its workers
+    assert result.status == ("interrupted" if stop else "completed")
+    assert [p for p in multiprocessing.active_children() if p not in before] == []
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_completes(uninterrupted, tmp_path):
