@@ -8,8 +8,8 @@
    end-of-caption token is disabled and every caption costs ``CAPTION_TOKENS`` tokens (beam 4): the
    figure is generation of captions of that length, not of what a trained model happens to say.
 2. **Long recordings**: peak RSS (``VmHWM`` of the child process) and wall time of the CLI (``enclap-caption``) on a
-   30 s, a 10-minute and a 60-minute 48 kHz recording in each mode (truncate, windows, timestamped),
-   each in a fresh process, with a demo-scale captioner (cfg/demo.yaml's shape: 2+2 layers, d_model 128,
+   30 s, a 10-minute and a 60-minute 48 kHz recording in each mode (truncate, windows, timestamped) at the
+   CLI's default ``--batch_size``, and in timestamped mode at other batch sizes, each in a fresh process, with a demo-scale captioner (cfg/demo.yaml's shape: 2+2 layers, d_model 128,
    encoder window 1021 frames = 13.6 s). The 60-minute file has 265 windows (530 with the windows mode's
    half-window hop); a bart-base captioner would take hours of CPU there, and memory is set by the
    audio path, not by the captioner's size (its weights are loaded once either way).
@@ -143,9 +143,16 @@ def _demo_checkpoint(models, directory: Path) -> Path:
     return directory
 
 
-def _run_cli(checkpoint: Path, audio: Path, mode: str, out: Path) -> dict:
+def cli_default_batch_size() -> int:
+    """``enclap-caption``'s default ``--batch_size``: the long-recording table measures what a user runs."""
+    from enclap.jobs.caption import build_parser
+
+    return int(build_parser().get_default("batch_size"))
+
+
+def _run_cli(checkpoint: Path, audio: Path, mode: str, out: Path, batch_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = [str(audio), "--ckpt", str(checkpoint), "--long_audio", mode, "--batch_size", "16", "--output", str(out)]
+    args = [str(audio), "--ckpt", str(checkpoint), "--long_audio", mode, "--batch_size", str(batch_size), "--output", str(out)]
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or "BENCH" not in proc.stdout:
         raise RuntimeError(f"{mode} on {audio.name} failed:\n{proc.stderr[-3000:]}")
@@ -168,10 +175,19 @@ def main(quick: bool = False) -> str:
     lengths = {"30 s": 30.0, "10 min": 600.0, "60 min": 3600.0} if not quick else {"30 s": 30.0, "2 min": 120.0}
     recordings = {name: _write_recording(CACHE / f"recording_{int(s)}s_48k.flac", s, 48000, seed=99) for name, s in lengths.items()}
     checkpoint = _demo_checkpoint(models, CACHE / "demo_captioner")
+    default_batch = cli_default_batch_size()
     runs: dict[tuple[str, str], dict] = {}
     for mode in MODES:
         for name, path in recordings.items():
-            runs[mode, name] = _run_cli(checkpoint, path, mode, CACHE / f"out_{mode}_{path.stem}.jsonl")
+            runs[mode, name] = _run_cli(checkpoint, path, mode, CACHE / f"out_{mode}_{path.stem}.jsonl", default_batch)
+    # The peak is set by the windows captioned together (a 30 s file fills a batch with 3): the same files in
+    # timestamped mode at other batch sizes.
+    other_batches = tuple(b for b in ((2, 8) if quick else (4, 8, 16)) if b != default_batch)
+    first, last = list(recordings)[0], list(recordings)[-1]
+    batch_runs = {(default_batch, name): runs["timestamped", name] for name in (first, last)}
+    for b in other_batches:
+        for name in (first, last):
+            batch_runs[b, name] = _run_cli(checkpoint, recordings[name], "timestamped", CACHE / f"out_b{b}_{recordings[name].stem}.jsonl", b)
 
     import torch
 
@@ -191,9 +207,9 @@ def main(quick: bool = False) -> str:
     names = list(recordings)
     lines += [
         "",
-        "**Long recordings, each run in a fresh process** (`enclap-caption --long_audio MODE --batch_size 16`, 48 kHz "
-        "FLAC, demo-scale captioner with the 13.6 s encoder window, random feature models, 1 torch thread): peak RSS "
-        "(MiB) and wall time of the CLI's main (model loading included).",
+        f"**Long recordings, each run in a fresh process** (`enclap-caption --long_audio MODE --batch_size {default_batch}`, the CLI's "
+        "default; 48 kHz FLAC, demo-scale captioner with the 13.6 s encoder window, random feature models, 1 torch thread): "
+        "peak RSS (MiB) and wall time of the CLI's main (model loading included).",
         "",
         "| mode | " + " | ".join(f"{n} RSS | {n} time" for n in names) + f" | {names[-1]} / {names[0]} RSS |",
         "| --- | " + " | ".join("---: | ---:" for _ in names) + " | ---: |",
@@ -208,11 +224,24 @@ def main(quick: bool = False) -> str:
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     lines += [
         "",
+        f"**Peak RSS against `--batch_size`** (timestamped mode, the windows captioned together; same files and models, MiB):",
+        "",
+        f"| --batch_size | {first} | {last} | {last} / {first} |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for b in sorted({b for b, _ in batch_runs}):
+        small, large = batch_runs[b, first]["maxrss_kb"], batch_runs[b, last]["maxrss_kb"]
+        lines.append(f"| {b}{' (default)' if b == default_batch else ''} | {small / 1024:.0f} | {large / 1024:.0f} | {large / small:.2f}x |")
+    lines += [
+        "",
         "Memory is bounded by the window, not the file: `truncate` reads at most the first 30 s (`whole_clip_seconds`), "
         "`windows` and `timestamped` stream a long file window by window and keep only each window's codes and CLAP "
         "embedding (a few kB) for the whole-recording choice. The time of `windows` and `timestamped` grows with the "
         "number of windows, and the whole-recording choice scores every distinct window caption against every window "
         "(quadratic in the windows when, as with this random captioner, every window says something else). "
+        "A long file's peak is reached with its first full batch of windows and grows with `--batch_size` (each window "
+        "in a generation batch holds its encoder input and its beams' cross-attention cache), while a 30 s file never "
+        "fills more than 3 windows: lower `--batch_size` to caption long recordings in less memory. "
         f"torch {torch.__version__}.",
     ]
     return "\n".join(lines)
