@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -183,7 +183,7 @@ class WebDemo:
         self.hop = hop
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="enclap-web-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._pictures = 0
+        self._requests = 0  # captioned uploads: names each one's picture and downloads
 
     # -- caption tab
     def caption(self, path: str | None) -> CaptionOutput:
@@ -206,8 +206,8 @@ class WebDemo:
         info = audio_info(path)  # header problems fail here, before any model runs
         if info.frames == 0:
             raise AudioError(path, "the file holds no audio (0 samples)")
-        self._pictures += 1
-        picture = draw_sound(path, self.workdir / f"sound-{self._pictures}.png")
+        self._requests += 1
+        picture = draw_sound(path, self.workdir / f"sound-{self._requests}.png")
         result = self.pipeline.caption_timed([path], self.window, self.hop)[0]
         if result.error:
             return CaptionOutput(f"**Could not caption `{name}`:** {result.error}", "", [], str(picture.path), None)
@@ -228,12 +228,10 @@ class WebDemo:
 
     def _downloads(self, result: "TimedCaptionResult", name: str) -> list[str]:
         """The timed captions as SRT, WebVTT and JSON files named like the upload (one folder per request)."""
-        from dataclasses import replace
-
         from .caption_formats import render, write_text
 
         result = replace(result, source=name)  # the upload's name, not the server's temporary path
-        folder = self.workdir / f"captions-{self._pictures}"
+        folder = self.workdir / f"captions-{self._requests}"
         folder.mkdir(parents=True, exist_ok=True)
         stem = Path(name).stem or "recording"
         files = []
@@ -390,7 +388,7 @@ class WebOptions:
 def build_app(options: WebOptions) -> WebDemo:
     """Load the pipeline, the tagger and the search index the options name (with the demo's defaults)."""
     from .features.clap_text import ZeroShotTagger, load_text_embedder, read_labels, text_embedder_for
-    from .pipeline import CaptioningPipeline, TimedCaptionResult
+    from .pipeline import CaptioningPipeline
     from .search import SearchIndex, clap_spec_for_index, update_index
 
     demo_defaults = options.ckpt is None

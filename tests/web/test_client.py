@@ -34,7 +34,8 @@ def test_caption_and_search_through_gradio_client(server, demo_root, tmp_path):
     tags = tags.get("value", tags)
     assert len(tags["confidences"]) == 5
     downloads = downloads.get("value", downloads)
-    files = {Path(d["path"] if isinstance(d, dict) else d).name: Path(d["path"] if isinstance(d, dict) else d) for d in downloads}
+    paths = [Path(d["path"] if isinstance(d, dict) else d) for d in downloads]
+    files = {path.name: path for path in paths}
     assert sorted(files) == [f"{clip.stem}.json", f"{clip.stem}.srt", f"{clip.stem}.vtt"]
     expected_times = [(w.start, w.end) for w in expected.windows]
     srt_cues = parse_srt(files[f"{clip.stem}.srt"].read_text(encoding="utf-8"))
