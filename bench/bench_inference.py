@@ -36,9 +36,12 @@ CAPTION_TOKENS = 20
 MODES = ("truncate", "windows", "timestamped")
 
 _CHILD = """
-import json, sys, time
+import json, os, sys, time
 import torch
 torch.set_num_threads(1)
+if os.environ.get("ENCLAP_BENCH_NO_TRIM") == "1":  # the comparison run: freed memory stays resident
+    import enclap.allocator, enclap.pipeline
+    enclap.allocator.release_freed_memory = enclap.pipeline.release_freed_memory = lambda: False
 from enclap.jobs.caption import main
 started = time.perf_counter()
 code = main(sys.argv[1:])
@@ -133,8 +136,12 @@ def _throughput(models, clips: list[Path], batch_sizes: tuple[int, ...]) -> dict
 def _demo_checkpoint(models, directory: Path) -> Path:
     from enclap.pipeline import CaptioningPipeline, PipelineSettings
 
-    if (directory / "config.json").is_file():
-        return directory
+    saved = directory / "pipeline.json"
+    if (directory / "config.json").is_file() and saved.is_file():
+        paths = json.loads(saved.read_text())
+        # the settings name the audio models by absolute path: a cache made in another checkout is rebuilt
+        if paths.get("encodec") == str(models.encodec) and paths.get("clap") == str(models.clap):
+            return directory
     tokenizer = _tokenizer()
     model = _captioner({**DEMO, "vocab_size": len(tokenizer)}, tokenizer, never_end=False)
     settings = PipelineSettings(encodec=str(models.encodec), clap=str(models.clap))
@@ -150,8 +157,9 @@ def cli_default_batch_size() -> int:
     return int(build_parser().get_default("batch_size"))
 
 
-def _run_cli(checkpoint: Path, audio: Path, mode: str, out: Path, batch_size: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def _run_cli(checkpoint: Path, audio: Path, mode: str, out: Path, batch_size: int, *, trim: bool = True) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "ENCLAP_BENCH_NO_TRIM": "0" if trim else "1"}
     args = [str(audio), "--ckpt", str(checkpoint), "--long_audio", mode, "--batch_size", str(batch_size), "--output", str(out)]
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or "BENCH" not in proc.stdout:
@@ -164,6 +172,7 @@ def _run_cli(checkpoint: Path, audio: Path, mode: str, out: Path, batch_size: in
 
 def main(quick: bool = False) -> str:
     from enclap.features.random_models import save_random_feature_models
+    from enclap.pipeline import TRIM_EVERY_WINDOWS
 
     CACHE.mkdir(parents=True, exist_ok=True)
     models = save_random_feature_models(CACHE / "models", seed=0, projection_dim=512)
@@ -180,6 +189,9 @@ def main(quick: bool = False) -> str:
     for mode in MODES:
         for name, path in recordings.items():
             runs[mode, name] = _run_cli(checkpoint, path, mode, CACHE / f"out_{mode}_{path.stem}.jsonl", default_batch)
+    # What release_freed_memory buys: windows mode on the longest file with it disabled.
+    untrimmed = _run_cli(checkpoint, recordings[list(recordings)[-1]], "windows",
+                         CACHE / f"out_untrimmed_{recordings[list(recordings)[-1]].stem}.jsonl", default_batch, trim=False)
     # The peak is set by the windows captioned together (a 30 s file fills a batch with 3): the same files in
     # timestamped mode at other batch sizes.
     other_batches = tuple(b for b in ((2, 8) if quick else (4, 8, 16)) if b != default_batch)
@@ -222,6 +234,15 @@ def main(quick: bool = False) -> str:
             cells.append(f"{run['maxrss_kb'] / 1024:.0f} | {run['seconds']:.1f} s{windows}")
         ratio = runs[mode, names[-1]]["maxrss_kb"] / runs[mode, names[0]]["maxrss_kb"]
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    trimmed = runs["windows", names[-1]]
+    lines += [
+        "",
+        f"**Freed memory handed back** (`enclap.allocator.release_freed_memory`, glibc `malloc_trim`, every "
+        f"{TRIM_EVERY_WINDOWS} windows of the whole-recording choice and after every generation batch): windows mode, "
+        f"{names[-1]}: peak {trimmed['maxrss_kb'] / 1024:.0f} MiB in {trimmed['seconds']:.1f} s with it, "
+        f"{untrimmed['maxrss_kb'] / 1024:.0f} MiB in {untrimmed['seconds']:.1f} s without "
+        f"({untrimmed['maxrss_kb'] / trimmed['maxrss_kb']:.2f}x the memory, {trimmed['seconds'] / untrimmed['seconds']:.2f}x the time).",
+    ]
     lines += [
         "",
         f"**Peak RSS against `--batch_size`** (timestamped mode, the windows captioned together; same files and models, MiB):",

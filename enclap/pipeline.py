@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .allocator import release_freed_memory
 from .audio import open_source
 from .errors import AudioError, ConfigError, InvalidFeaturesError
 
@@ -46,6 +47,9 @@ PIPELINE_FILE = "pipeline.json"
 DEFAULT_ENCODEC = "facebook/encodec_24khz"
 DEFAULT_CLAP = "laion/clap-htsat-fused"
 LONG_AUDIO_MODES = ("truncate", "windows")
+# The whole-recording choice scores every candidate against every window: hand the decoder passes' freed
+# memory back to the kernel this often (a heap walk costs milliseconds; a window's scoring, seconds).
+TRIM_EVERY_WINDOWS = 8
 
 
 @dataclass
@@ -465,6 +469,7 @@ class CaptioningPipeline:
                 features.append(clip)
             bar.update(len(pending))
             pending.clear()
+            release_freed_memory()  # see enclap/allocator.py: otherwise the peak creeps up with the file's length
 
         with bar:
             for first, samples in stream_windows(blocks, win, hop):
@@ -564,7 +569,9 @@ class CaptioningPipeline:
         labels = self.tokenizer(list(candidates), padding=True, return_tensors="pt")["input_ids"].to(self.device)
         labels = labels.masked_fill(labels == self.tokenizer.pad_token_id, -100)
         totals = np.zeros(len(candidates))
-        for window, clap in zip(windows, claps):
+        for done, (window, clap) in enumerate(zip(windows, claps)):
+            if done and done % TRIM_EVERY_WINDOWS == 0:
+                release_freed_memory()  # thousands of decoder passes leave free holes resident (enclap/allocator.py)
             inputs = self._encoder_inputs([window], [clap])
             with torch.inference_mode():
                 encoded = self.model.get_encoder()(

@@ -159,3 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{failed} of {len(results)} file(s) could not be captioned", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

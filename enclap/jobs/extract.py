@@ -587,3 +587,7 @@ def _end_distributed() -> None:
 
 
 __all__ = ["ExtractConfig", "ExtractionSummary", "list_inputs", "main", "read_failures", "run_extraction"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -776,3 +776,7 @@ __all__ = [
     "resumes_in_output_dir",
     "train_captioner",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
