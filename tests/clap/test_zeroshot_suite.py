@@ -261,3 +261,13 @@ def test_bad_manifests_are_named(sets, towers, tmp_path, capsys):
     config.write_text("sets: [{name: a, labels: x.csv, root: y}]\n")
     assert main(["zeroshot-suite", "--config", str(config), "--model", str(towers[0])]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "downstream.yaml"])
+def test_shipped_suite_configs_load(name):
+    from enclap.config import load_config
+
+    config = load_config(ZeroShotSuiteConfig, Path(__file__).resolve().parents[2] / "cfg" / "zeroshot" / name)
+    assert config.sets and all(s.name and s.labels for s in config.sets)
+    config.models = config.models or ["a-tower"]
+    config.check()
