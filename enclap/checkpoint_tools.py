@@ -481,9 +481,10 @@ def format_summary(checkpoint: Checkpoint, groups: list[GroupSummary]) -> str:
     return f"{checkpoint.path}: {checkpoint.layout}\n" + _table(("group", "tensors", "parameters", "dtypes"), rows, right=(1, 2))
 
 
-def format_diff(a: Checkpoint, b: Checkpoint, diffs: list[GroupDiff], atol: float) -> str:
+def format_diff(a: Checkpoint, b: Checkpoint, diffs: list[GroupDiff], atol: float, show_same: bool = False) -> str:
+    """The diff table: every group with ``show_same``, else the groups that are not the same, and a count."""
     rows = []
-    for d in diffs:
+    for d in diffs if show_same else [d for d in diffs if d.status != "same"]:
         notes = []
         if d.only_in_a:
             notes.append(f"{len(d.only_in_a)} only in A")
@@ -497,8 +498,13 @@ def format_diff(a: Checkpoint, b: Checkpoint, diffs: list[GroupDiff], atol: floa
         rows.append((d.group, d.status, f"{d.changed}/{d.compared}", *figures, ", ".join(notes)))
     same = sum(d.status == "same" for d in diffs)
     head = f"A: {a.path} ({a.layout})\nB: {b.path} ({b.layout})\n"
-    tail = f"\n{same} of {len(diffs)} groups same (atol {atol:g})"
-    return head + _table(("group", "status", "changed", "max|a-b|", "rel L2", "notes"), rows, right=(2, 3, 4)) + tail
+    tail = f"{same} of {len(diffs)} groups same (atol {atol:g})"
+    if not show_same and 0 < same < len(diffs):
+        names = [d.group for d in diffs if d.status == "same"]
+        tail += ": " + ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+    if not rows:
+        return head + tail
+    return head + _table(("group", "status", "changed", "max|a-b|", "rel L2", "notes"), rows, right=(2, 3, 4)) + "\n" + tail
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -553,8 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           expect_changed=args.expect_changed)
             payload = {"a": str(a.path), "b": str(b.path), "depth": args.depth, "atol": args.atol, "groups": diffs,
                        "expectation_failures": failures}
-            shown = diffs if args.all else [d for d in diffs if d.status != "same"]
-            text = format_diff(a, b, shown, args.atol) if shown else f"A: {a.path}\nB: {b.path}\nall {len(diffs)} groups same (atol {args.atol:g})"
+            text = format_diff(a, b, diffs, args.atol, show_same=args.all)
             if hint := common_prefix_hint(a, b):
                 text += f"\nnote: {hint}"
             status = 1 if failures else 0
