@@ -284,7 +284,11 @@ def run_suite(config: ZeroShotSuiteConfig) -> dict[str, Any]:
                 "chance_top1": report["chance"]["top1"], "top1": report["metrics"]["top1"], "top5": report["metrics"]["top5"],
                 "fold_mean_top1": fold_mean.get("top1"), "fold_mean_top5": fold_mean.get("top5"),
             })
-    return {"task": "zero-shot suite", "templates": list(templates), "rows": rows, "reports": reports}
+    # one model loaded at a time, but the table puts a set's towers side by side: the comparison it is for
+    order = {s.name: i for i, s in enumerate(prepared)}
+    rank = sorted(range(len(rows)), key=lambda i: (order[rows[i]["set"]], i))
+    return {"task": "zero-shot suite", "templates": list(templates), "rows": [rows[i] for i in rank],
+            "reports": [reports[i] for i in rank]}
 
 
 def _pct(value: float | None) -> str:

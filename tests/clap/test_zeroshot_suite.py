@@ -165,6 +165,8 @@ def test_the_table_equals_each_set_evaluated_alone(sets, towers, tmp_path, capsy
     result = json.loads((tmp_path / "table.json").read_text())
     rows = {(r["set"], r["model"]): r for r in result["rows"]}
     assert len(rows) == 8
+    # a set's towers side by side, sets in the order given
+    assert [(r["set"], r["model"]) for r in result["rows"]] == [(s, str(t)) for s in ("esc50", "us8k", "tut", "generic") for t in towers]
     with open(tmp_path / "table.csv", newline="") as fh:
         table_csv = {(r["set"], r["model"]): r for r in csv.DictReader(fh)}
     alone = {
