@@ -145,6 +145,18 @@ def test_every_layout_is_read(tower, tmp_path):
     sharded = open_checkpoint(tmp_path / "sharded")
     assert len(sharded.files) > 2 and "shards" in sharded.layout
     _assert_same_tensors(sharded, state)
+    # transformers 4's sharded pickles: pytorch_model-0000k-of-00002.bin + pytorch_model.bin.index.json
+    (tmp_path / "bin_shards").mkdir()
+    keys = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2], "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        torch.save({k: state[k] for k in part}, tmp_path / "bin_shards" / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in halves.items() for k in part}}
+    (tmp_path / "bin_shards" / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    _assert_same_tensors(open_checkpoint(tmp_path / "bin_shards"), state)
+    (tmp_path / "bin_shards" / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin', which is missing"):
+        open_checkpoint(tmp_path / "bin_shards")
     (tmp_path / "bin").mkdir()
     torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
     _assert_same_tensors(open_checkpoint(tmp_path / "bin"), state)
