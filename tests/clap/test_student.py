@@ -158,3 +158,36 @@ def test_resumed_student_run_equals_uninterrupted_run(tmp_path):
                                               + [f"output_dir={tmp_path / 'c'}", "train.num_train_epochs=2"]))
     c = load_file(str(plain.final_dir / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_loss_module_uses_softclap_targets_from_the_chosen_text_tower(with_teacher):
+    from enclap.clap.loss import ClipLoss, softclap_targets
+    from enclap.training.clap import ClapCollator, ClapLossModule
+
+    student = tiny_tower(seed=1)
+    with torch.no_grad():  # a sharp softmax, so that the targets visibly matter
+        student.logit_scale.fill_(math.log(100.0))
+    teacher = tiny_tower(seed=2) if with_teacher else None
+    captions = ["a loud beep", "a dog barks twice", "rain on a roof", "a bell rings"]
+    gen = torch.Generator().manual_seed(0)
+    waves = torch.randn(4, 16000, generator=gen) * 0.1
+    ids, mask = ClapCollator._pad([student.tokenizer(c)["input_ids"] for c in captions], student.tokenizer.pad_token_id)
+    inputs = dict(input_features=waves, input_ids=ids, attention_mask=mask, is_longer=torch.zeros(4, 1, dtype=torch.bool))
+    if teacher is not None:
+        inputs["teacher_input_ids"], inputs["teacher_attention_mask"] = ids, mask  # same tokenizer in the factory
+    module = ClapLossModule(student, ClipLoss(), softclap_beta=0.4, softclap_teacher=teacher)
+    student.eval()
+    loss = module(**inputs)
+    assert not any(n.startswith("_teacher") for n, _ in module.named_parameters())
+    out = student(input_features=waves, input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        source = teacher.get_text_features(ids, mask) if teacher is not None else out["text_embeds"]
+    expected = ClipLoss()(out["audio_embeds"], out["text_embeds"], out["logit_scale"], targets=softclap_targets(source, 0.4))
+    torch.testing.assert_close(loss[0], expected)
+    plain = ClipLoss()(out["audio_embeds"], out["text_embeds"], out["logit_scale"])
+    assert abs(float(loss[0].detach()) - float(plain.detach())) > 1e-6  # the soft targets are in use
+    loss.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    if teacher is not None:
+        assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
