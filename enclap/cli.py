@@ -72,6 +72,12 @@ def unsupervised_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def curate_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.curate import main
+
+    return main(argv)
+
+
 def web_main(argv: Sequence[str] | None = None) -> int:
     from .webapp import main
 
