@@ -350,9 +350,11 @@ class Recipe:
             corpus = json.loads(layout.corpus.read_text())
             teacher = str(self.teacher_tower())
             audio = embed_audio(teacher, [(row["id"], row["path"]) for row in pool], layout.embeddings / "audio",
-                                batch_size=c.batch_size)
+                                batch_size=c.batch_size, audio_root=layout.audio, progress=self.config.progress)
             text = embed_text(teacher, [(row["id"], row["text"]) for row in corpus], layout.embeddings / "text",
-                              batch_size=4 * c.batch_size)
+                              batch_size=4 * c.batch_size, progress=self.config.progress)
+            if len(audio) < len(pool):  # embed_audio skips unreadable files (and says which)
+                say(f"    {len(pool) - len(audio)} pool clip(s) could not be read and are left out")
             return {"audio": len(audio), "text": len(text), "dim": int(audio.vectors.shape[1])}
 
         def check(result: dict[str, Any]) -> str | None:
