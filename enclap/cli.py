@@ -72,6 +72,18 @@ def ckpt_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def unsupervised_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.unsupervised import main
+
+    return main(argv)
+
+
+def curate_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.curate import main
+
+    return main(argv)
+
+
 def web_main(argv: Sequence[str] | None = None) -> int:
     from .webapp import main
 

@@ -26,6 +26,25 @@ by probability rows (``(rows, columns)`` each, rows summing to 1) for the audio-
 cross-entropies, e.g. targets mixed from caption similarities (SoftCLAP). Default: the identity (each
 row's own pair), computed as plain class-index cross-entropy.
 
+**SoftCLAP** (Wang et al., 2023, "Unsupervised Improvement of Audio-Text Cross-Modal Representations",
+arXiv:2305.01864; :func:`softclap_targets`): with caption embeddings ``u_i`` (L2-normalised, detached; from
+the teacher's frozen text tower or the model's own) of the ``N`` pairs of the (gathered) batch, ``beta`` in
+``[0, 1]``::
+
+    S_ij = u_i . u_j                                  caption-caption cosine similarity
+    P_ij = max(S_ij, 0) / sum_k max(S_ik, 0)           rows of a probability matrix (S_ii = 1, so sum >= 1)
+    Y    = (1 - beta) * I + beta * P
+    loss = 1/2 [ -1/N sum_i sum_j Y_ij log softmax_j(s a_i . t_j)      (audio -> text)
+               + -1/N sum_j sum_i Y_ji log softmax_i(s t_j . a_i) ]   (text -> audio)
+
+``Y`` serves both directions: row ``i`` is pair ``i``'s caption, and the columns of either cross-entropy
+are indexed by pair (column ``j`` of audio->text is caption ``j``, of text->audio the clip paired with
+caption ``j``). ``beta = 0`` is plain CLAP. The published code (zhepeiw/clap_curation, ``losses.SoftCLAPLoss``)
+mixes ``(1 - beta) I + beta Z Z^T`` of teacher embeddings without normalising the rows and uses
+``KLDivLoss(batchmean)``, which has the cross-entropy's gradient; here the similarity rows are made
+probabilities first (clipped at 0, normalised), so ``beta`` is the soft part's share of every target row
+whatever the batch size.
+
 Per-process batches may differ in size (the last batch of an epoch): features are padded to the
 largest, gathered, and the padding dropped.
 """
@@ -127,4 +146,28 @@ class ClipLoss(nn.Module):
         return f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
 
 
-__all__ = ["ClipLoss", "contrastive_logits", "gather_features"]
+def softclap_targets(
+    caption_embeds: torch.Tensor, beta: float, *, local_loss: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SoftCLAP's ``(audio_targets, text_targets)`` for :class:`ClipLoss` (the formula is in the module docstring).
+
+    ``caption_embeds``: this process's ``(rows, dim)`` caption embeddings (normalised here; detached: targets
+    carry no gradient). Across processes they are gathered like the features, so the targets span the
+    gathered columns; with ``local_loss`` only this process's rows are returned (its slice of ``Y``), else
+    all rows. ``beta = 0`` gives the identity exactly.
+    """
+    if not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"softclap beta must be in [0, 1], got {beta}")
+    local = F.normalize(caption_embeds.detach().float(), dim=-1)
+    everyone, offset = gather_features(local, gather_with_grad=False)
+    rows = local if local_loss else everyone
+    similarity = (rows @ everyone.T).clamp_min(0.0)
+    soft = similarity / similarity.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    eye = torch.zeros_like(soft)
+    first = offset if local_loss else 0
+    eye[torch.arange(rows.shape[0]), torch.arange(rows.shape[0]) + first] = 1.0
+    targets = (1.0 - float(beta)) * eye + float(beta) * soft
+    return targets, targets
+
+
+__all__ = ["ClipLoss", "contrastive_logits", "gather_features", "softclap_targets"]

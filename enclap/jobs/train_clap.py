@@ -13,6 +13,10 @@ for HTS-AT; any hub id / directory of the text encoder, e.g. ``roberta-base``, `
 ``sentence-transformers/all-mpnet-base-v2``). ``train`` is the project's training loop
 (:class:`~enclap.training.loop.LoopConfig`: checkpoints, exact resume, warm-up + cosine, mixed
 precision, logging); ``loss.local_loss`` / ``loss.gather_with_grad`` choose open_clip's variants;
+``data.curated_file`` + ``data.curation_prob`` + ``data.subset_pct`` and ``loss.softclap_beta`` /
+``loss.softclap_text`` / ``loss.softclap_teacher`` train a student as in SoftCLAP's recipe (curated pairs
+mixed per item with a subset of the annotated ones, soft targets from caption similarities; see
+enclap/training/clap.py and docs/recipes/unsupervised.md); ``model.init_from`` starts it from the teacher.
 ``sync_batchnorm=true`` converts batch norm to SyncBatchNorm in multi-process runs (CNN14 has batch norm;
 torch's SyncBatchNorm runs on GPUs only).
 
@@ -52,6 +56,7 @@ CONFIG_FILE = "training_config.yaml"
 TOKENIZER_DIR = "tokenizer"
 TRANSFORMERS_CLAP_DIR = "transformers_clap"
 INIT_MODES = ("random", "pretrained")
+SOFTCLAP_TEXT = ("teacher", "self")
 
 
 @dataclass
@@ -61,6 +66,12 @@ class ClapDataConfig:
     audio_root: str = ""  # the manifests' file_path are relative to it (extension swapped for the audio's)
     validation_audio_root: str = ""  # "" = audio_root
     max_validation_clips: int = 0  # 0 = all
+    # student training (SoftCLAP's recipe, docs/recipes/unsupervised.md): curated pairs mixed per item with the
+    # annotated (replay) clips of train_file
+    curated_file: str = ""  # curated manifest: file_path,caption[,similarity] ("" = none)
+    curated_audio_root: str = ""  # "" = audio_root
+    curation_prob: float = 0.0  # probability that a training item is a curated pair instead of an annotated one
+    subset_pct: float = 100.0  # percent of train_file's clips kept (a subset fixed by the seed), in (0, 100]
 
 
 @dataclass
@@ -94,6 +105,9 @@ class ClapTokenizerConfig:
 class ClapLossConfig:
     local_loss: bool = False  # each process: its rows against all gathered columns
     gather_with_grad: bool = True  # gradients flow through the gathered features (exact global-batch gradient)
+    softclap_beta: float = 0.0  # SoftCLAP: targets (1 - beta) I + beta * caption similarities; 0 = plain CLAP
+    softclap_text: str = "teacher"  # whose text embeddings give the caption similarities: teacher | self
+    softclap_teacher: str = ""  # the teacher tower directory ("" = model.init_from)
 
 
 @dataclass
@@ -145,6 +159,21 @@ class TrainClapConfig:
                             "a contrastive batch needs negatives")
         if self.validation_batch_size < 1:
             problems.append("validation_batch_size must be >= 1")
+        d, lo = self.data, self.loss
+        if not 0.0 <= d.curation_prob <= 1.0:
+            problems.append(f"data.curation_prob must be in [0, 1], got {d.curation_prob}")
+        elif d.curation_prob > 0 and not d.curated_file:
+            problems.append(f"data.curation_prob={d.curation_prob} needs data.curated_file (a curated manifest)")
+        elif d.curated_file and d.curation_prob == 0:
+            problems.append(f"data.curated_file={d.curated_file} is never used with data.curation_prob=0; set a probability")
+        if not 0.0 < d.subset_pct <= 100.0:
+            problems.append(f"data.subset_pct must be in (0, 100], got {d.subset_pct}")
+        if not 0.0 <= lo.softclap_beta <= 1.0:
+            problems.append(f"loss.softclap_beta must be in [0, 1], got {lo.softclap_beta}")
+        if lo.softclap_text not in SOFTCLAP_TEXT:
+            problems.append(f"loss.softclap_text must be one of {', '.join(SOFTCLAP_TEXT)}, got {lo.softclap_text!r}")
+        elif lo.softclap_beta > 0 and lo.softclap_text == "teacher" and not (lo.softclap_teacher or m.init_from):
+            problems.append("loss.softclap_text=teacher needs loss.softclap_teacher (a tower directory) or model.init_from")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -247,6 +276,18 @@ def build_tower_tokenizer(config: TrainClapConfig, captions: Sequence[str], *, i
     return load_tower_tokenizer(tok.name_or_path or config.model.text_weights or config.model.init_from)
 
 
+def load_softclap_teacher(directory: str) -> "ClapTowerModel":
+    """SoftCLAP's teacher: a tower directory (with its tokenizer), frozen, in eval mode."""
+    from ..clap.modeling import ClapTowerModel
+    from ..loading import load_pretrained
+
+    teacher = load_pretrained(ClapTowerModel.from_pretrained, directory, what="SoftCLAP teacher tower (loss.softclap_teacher)")
+    if teacher.tokenizer is None:
+        raise ConfigError(f"loss.softclap_teacher {directory}: the tower directory has no tokenizer files")
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
 def check_tokenizer_fits(tower: "ClapTowerModel", tokenizer: Any) -> None:
     vocab = int(getattr(tower.text_model.config, "vocab_size", 0) or 0)
     if vocab and len(tokenizer) > vocab:
@@ -273,7 +314,7 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
 
     from ..clap.interop import export_transformers_clap, exports_as_transformers_clap
     from ..clap.loss import ClipLoss
-    from ..training.clap import ClapAudioDataset, ClapAudioSource, ClapTask, ClapTrainDataset
+    from ..training.clap import ClapAudioDataset, ClapAudioSource, ClapTask, ClapTrainDataset, annotated_subset
     from ..training.loop import make_accelerator, run_training
     from .train_captioner import _digest
 
@@ -286,6 +327,12 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     output_dir = Path(config.output_dir).expanduser()
     data = config.data
     train_source = ClapAudioSource(data.train_file, data.audio_root)  # every clip's audio file is found up front
+    curated_source = None
+    if data.curated_file:
+        curated_source = ClapAudioSource(data.curated_file, data.curated_audio_root or data.audio_root)
+        if len(curated_source) == 0:
+            raise ConfigError(f"data.curated_file {data.curated_file}: no curated pairs in it")
+    subset = annotated_subset(len(train_source), data.subset_pct, config.seed)
     val_source = None
     if data.validation_file:
         val_source = ClapAudioSource(data.validation_file, data.validation_audio_root or data.audio_root)
@@ -313,14 +360,30 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
         "tokenizer": _digest(sorted(tokenizer.get_vocab().items())),
         "loss": {"local_loss": config.loss.local_loss, "gather_with_grad": config.loss.gather_with_grad},
     }
+    if curated_source is not None or data.subset_pct < 100:
+        fingerprint["student"] = {
+            "subset": _digest(subset), "curation_prob": data.curation_prob,
+            "curated": _digest([[k, *c] for k, c in zip(curated_source.keys, curated_source.captions)]) if curated_source else "",
+        }
+    teacher = teacher_tokenizer = None
+    if config.loss.softclap_beta > 0:
+        fingerprint["softclap"] = {"beta": config.loss.softclap_beta, "text": config.loss.softclap_text}
+        if config.loss.softclap_text == "teacher":
+            teacher = load_softclap_teacher(config.loss.softclap_teacher or config.model.init_from)
+            teacher_tokenizer = teacher.tokenizer
+            fingerprint["softclap"]["teacher"] = _digest(sorted((k, v.float().sum().item()) for k, v in teacher.state_dict().items()))
     for key in ("transformers_version", "_name_or_path", "architectures"):
         fingerprint["tower"].pop(key, None)
     task = ClapTask(
         tower,
         tokenizer,
-        ClapTrainDataset(train_source, tower.config, tokenizer, config.seed),
+        ClapTrainDataset(train_source, tower.config, tokenizer, config.seed, subset=subset, curated=curated_source,
+                         curation_prob=data.curation_prob, teacher_tokenizer=teacher_tokenizer,
+                         teacher_max_text_length=teacher.config.max_text_length if teacher is not None else None),
         ClapAudioDataset(val_source, tower.config, seed=config.seed) if val_source is not None else None,
         loss=ClipLoss(local_loss=config.loss.local_loss, gather_with_grad=config.loss.gather_with_grad),
+        softclap_beta=config.loss.softclap_beta,
+        softclap_teacher=teacher,
         fingerprint=fingerprint,
         run_files={CONFIG_FILE: config_text},
         export_files={CONFIG_FILE: config_text},

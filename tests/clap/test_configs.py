@@ -15,7 +15,7 @@ CFG = Path(__file__).resolve().parents[2] / "cfg" / "clap"
 PATHS = ["output_dir=x", "data.train_file=t.csv", "data.audio_root=a"]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CFG.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in CFG.glob("*.yaml") if p.name != "unsupervised_demo.yaml"))  # a recipe
 def test_configs_resolve(name):
     config = load_clap_train_config(CFG / name, PATHS + (["model.audio_weights=w.pth"] if name == "cnn14_mpnet.yaml" else []))
     tower = tower_config_from(config.model, config.model.text_config or {"model_type": "roberta"})
