@@ -7,6 +7,12 @@ clip's captions it is paired with this epoch, and the crop of a clip longer than
 fusion crops of an HTS-AT fusion tower); clips shorter than the window are repeat-padded. A resumed
 run therefore sees exactly the pairs an uninterrupted one would.
 
+**Frozen Sentence-BERT text side** (a tower of ``text_encoder="sentence_transformers"``, the DCASE 2023
+baseline): the captions' sentence vectors are computed once (:mod:`enclap.clap.sentence_text`, cached on
+disk) and given as ``sentence_table``; the training items then carry ``sentence_embeddings`` (the vector
+of the caption drawn, by the same draw as the tokenized path) instead of token ids, and only the text
+projection is trained. Validation reads the validation captions' vectors from the same table.
+
 **Loss in the loop's sum contract.** The module returns one term, the symmetric InfoNCE of the batch
 (:class:`~enclap.clap.loss.ClipLoss` with features gathered across processes), and ``counts`` is 1
 per batch: a contrastive loss is not a sum over items (every pair's term depends on every other pair
@@ -93,10 +99,13 @@ class _TowerAudio:
 class ClapTrainDataset:
     """Training pairs: item ``(epoch, index)`` -> the clip's audio input and one of its captions, tokenized."""
 
-    def __init__(self, source: ClapAudioSource, config: Any, tokenizer: Any, seed: int) -> None:
+    def __init__(self, source: ClapAudioSource, config: Any, tokenizer: Any, seed: int, sentence_table: Any = None) -> None:
+        if tokenizer is None and sentence_table is None:
+            raise ValueError("ClapTrainDataset needs a tokenizer, or a sentence_table for a Sentence-BERT tower")
         self.source = source
         self.audio = _TowerAudio(config)
         self.tokenizer = tokenizer
+        self.sentence_table = sentence_table
         self.max_text_length = int(config.max_text_length)
         self.seed = int(seed)
 
@@ -111,6 +120,8 @@ class ClapTrainDataset:
         captions = self.source.captions[index]
         caption = captions[int(rng.integers(len(captions)))]
         features, longer = self.audio(self.source.audio_paths[index], rng)
+        if self.sentence_table is not None:
+            return {"input_features": features, "is_longer": longer, "sentence_embeddings": self.sentence_table.vector(caption)}
         ids = self.tokenizer(caption, truncation=True, max_length=self.max_text_length)["input_ids"]
         return {"input_features": features, "is_longer": longer, "input_ids": ids}
 
@@ -151,6 +162,8 @@ class ClapCollator:
                 ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"], dtype=torch.long)
                 mask[row, : len(e["input_ids"])] = 1
             batch.update(input_ids=ids, attention_mask=mask)
+        if "sentence_embeddings" in examples[0]:
+            batch["sentence_embeddings"] = torch.from_numpy(np.stack([e["sentence_embeddings"] for e in examples]))
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch
@@ -164,10 +177,16 @@ class ClapLossModule(nn.Module):
         self.tower = tower
         self.loss = loss
 
-    def forward(self, input_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                is_longer: torch.Tensor) -> torch.Tensor:
-        out = self.tower(input_features=input_features, input_ids=input_ids, attention_mask=attention_mask, is_longer=is_longer)
-        loss = self.loss(out["audio_embeds"], out["text_embeds"], out["logit_scale"])
+    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        if self.loss.similarity == "dot":  # the raw projections: the loss scores their dot products as they are
+            audio = self.tower.audio_embedding(input_features, is_longer)
+            text = self.tower.text_embedding(input_ids, attention_mask, sentence_embeddings)
+        else:
+            out = self.tower(input_features=input_features, input_ids=input_ids, attention_mask=attention_mask,
+                             is_longer=is_longer, sentence_embeddings=sentence_embeddings)
+            audio, text = out["audio_embeds"], out["text_embeds"]
+        loss = self.loss(audio, text, self.tower.scale())
         # every trainable parameter in the graph (weight 0): DDP expects a gradient for each
         anchor = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
         return (loss + anchor).reshape(1)
@@ -254,7 +273,7 @@ class ClapTask(TrainingTask):
         self.train_dataset = train_dataset
         self.val_dataset = None  # validation is retrieval (extra_validation), see the module docstring
         self.validation = validation
-        self.collate_fn = ClapCollator(tokenizer.pad_token_id)
+        self.collate_fn = ClapCollator(tokenizer.pad_token_id if tokenizer is not None else 0)
         self._fingerprint = fingerprint or {}
         self._run_files = dict(run_files or {})
         self.export_files = dict(export_files or {})
@@ -264,7 +283,7 @@ class ClapTask(TrainingTask):
         return torch.ones(1, dtype=torch.float64)
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in ("input_features", "input_ids", "attention_mask", "is_longer")}
+        return {k: batch[k] for k in ("input_features", "input_ids", "attention_mask", "is_longer", "sentence_embeddings") if k in batch}
 
     def fingerprint(self) -> dict[str, Any]:
         return self._fingerprint
