@@ -177,8 +177,9 @@ class ClapLossModule(nn.Module):
         self.tower = tower
         self.loss = loss
 
-    def forward(self, input_features: torch.Tensor, is_longer: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_features: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, is_longer: torch.Tensor | None = None,
+                sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         if self.loss.similarity == "dot":  # the raw projections: the loss scores their dot products as they are
             audio = self.tower.audio_embedding(input_features, is_longer)
             text = self.tower.text_embedding(input_ids, attention_mask, sentence_embeddings)
