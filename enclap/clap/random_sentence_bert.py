@@ -61,7 +61,7 @@ def save_random_sentence_bert(
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=2 * hidden_size, max_position_embeddings=max_seq_length + 2)
     generator = torch.Generator().manual_seed(seed)
-    model = BertModel(config, add_pooling_layer=False).eval()
+    model = BertModel(config).eval()  # (its pooler is unused by mean pooling; saved so the BERT loads whole)
     with torch.no_grad():  # every weight from the seed (the stock init leaves biases and norms at constants)
         for parameter in model.parameters():
             parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))

@@ -214,3 +214,29 @@ def tower_identity(path) -> str:
     from enclap.clap.sentence_text import sentence_encoder_identity
 
     return sentence_encoder_identity(load_sentence_transformer(str(path)))
+
+
+class FakeAccelerator:
+    """What cached_sentence_embeddings asks of an Accelerator: the process's role and a barrier (counted)."""
+
+    def __init__(self, is_main_process: bool) -> None:
+        self.is_main_process, self.num_processes, self.barriers = is_main_process, 2, 0
+
+    def wait_for_everyone(self) -> None:
+        self.barriers += 1
+
+
+def test_only_the_main_process_computes_the_others_wait_and_read(setup, tmp_path, monkeypatch):
+    with torch_threads(1):
+        model = load_sentence_transformer(str(setup["sbert"]))
+        counter = EncodeCounter(monkeypatch)
+        texts = ["a bell rings", "a faint hiss"]
+        other = FakeAccelerator(is_main_process=False)
+        with pytest.raises(ConfigError, match=r"cannot be read here .*shared"):  # the main process wrote nothing
+            cached_sentence_embeddings(model, texts, tmp_path / "cache", accelerator=other)
+        assert counter.calls == [] and other.barriers == 1
+        main = FakeAccelerator(is_main_process=True)
+        written = cached_sentence_embeddings(model, texts, tmp_path / "cache", accelerator=main)
+        read = cached_sentence_embeddings(model, texts, tmp_path / "cache", accelerator=FakeAccelerator(is_main_process=False))
+        assert counter.calls == [2] and main.barriers == 1  # computed once, by the main process
+        np.testing.assert_array_equal(read.vectors, written.vectors)
