@@ -35,7 +35,8 @@ Around that:
   checkpoints (``accelerator.save_state``), so a resumed run cuts the rate exactly when an uninterrupted one would.
 * **early stopping**: ``early_stopping_patience=N`` ends the run (checkpoint, final export) after N
   validations in a row without a new best ``best_metric``; the summary and ``train_log.jsonl`` say why, the
-  checkpoint records it, and running the command again does not train further.
+  checkpoint records it, and running the command again does not train further (unless the patience was
+  raised or early stopping turned off: then the run continues).
 * **checkpoints**: ``<output>/checkpoints/step_<n>/`` every ``checkpointing_steps`` steps, at each
   epoch end, at the end, and when stopped by SIGTERM / SIGINT (at the next step boundary; a second
   Ctrl-C aborts at once). ``accelerator.save_state`` (model, optimizer, scheduler, every process's
@@ -825,8 +826,14 @@ class Trainer:
             logger.info("training already reached step %d of %d", step, self.total_steps)
             return "completed"
         if self.stopped_early:
-            logger.info("training stopped early at step %d (%s); not training further", step, self.stopped_early)
-            return "completed"
+            patience = cfg.early_stopping_patience
+            if patience and self.validations_since_best >= patience:
+                logger.info("training stopped early at step %d (%s); not training further", step, self.stopped_early)
+                return "completed"
+            # the settings changed (patience raised or early stopping off): the run would not have stopped here
+            logger.warning("continuing a run that stopped early at step %d (%s): early_stopping_patience is now %d",
+                           step, self.stopped_early, patience)
+            self.stopped_early = None
         for epoch in range(epoch, self.num_epochs):
             self.epoch = epoch
             batches = self._train_batches(epoch, micro_batch)

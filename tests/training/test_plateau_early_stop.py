@@ -117,6 +117,11 @@ def test_early_stopping_stops_says_why_and_a_rerun_trains_no_further(tmp_path):
     assert again.module.calls == 0 and again.exports == []  # no step trained, nothing re-exported
     assert_same_weights(rerun_weights, weights)
 
+    # a raised patience continues the run (3 < 4 bad validations so far): new bests at steps 6 (0.70) and 10 (0.71),
+    # then 11..14 do not beat 0.71 -> stop after step 14
+    more, _ = train(output, loop_config(best_metric="val_score", eval_steps=1, early_stopping_patience=4), task=ScoredTask())
+    assert more.global_step == 14 and "for 4 validation(s)" in more.stopped_early and more.best["step"] == 10
+
 
 def test_early_stopping_off_by_default_and_with_a_loss_metric(tmp_path):
     result, _ = train(tmp_path / "off", loop_config(best_metric="val_score", eval_steps=1), task=ScoredTask())
