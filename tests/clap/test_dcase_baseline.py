@@ -4,7 +4,6 @@ InfoNCE at a fixed temperature, the plateau schedule; its validation figure agai
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from enclap.clap.loss import ClipLoss
 from enclap.clap.modeling import ClapTowerModel
 from enclap.clap.random_sentence_bert import save_random_sentence_bert
 from enclap.clap.sentence_text import cached_sentence_embeddings, load_sentence_transformer
-from enclap.data.manifest import read_manifest, resolve_audio_path
+from enclap.data.manifest import read_manifest
 from enclap.data.synthetic import SyntheticConfig, generate_dataset
 from enclap.errors import ConfigError, PretrainedNotFoundError
 from enclap.jobs.train_clap import load_clap_train_config, train_clap

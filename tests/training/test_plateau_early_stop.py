@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from enclap.training.checkpoints import list_checkpoints
 from enclap.training.loop import LoopConfig, Trainer
