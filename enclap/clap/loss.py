@@ -5,6 +5,10 @@ For ``N`` (audio, caption) pairs with L2-normalised embeddings ``a_i``, ``t_j`` 
 cross-entropy of each audio row against the captions (its own caption is the target) and of each
 caption row against the audio clips (CLIP, LAION-CLAP, open_clip's ``ClipLoss``).
 
+**Similarity** (``similarity``): ``"cosine"`` (default; the embeddings are L2-normalised here, a no-op for
+the tower's already normalised ones) or ``"dot"``: the dot product of the embeddings as given (the DCASE
+2023 retrieval baseline's ``dot_product``; with its L2-normalised outputs it equals the cosine).
+
 **Across processes** (open_clip's ``gather_features``): every process embeds its part of the global
 batch; the features of all processes are gathered so that every process's negatives count. With
 ``gather_with_grad=True`` (default) the gather is ``torch.distributed.nn.functional.all_gather``,
@@ -54,6 +58,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+SIMILARITIES = ("cosine", "dot")
 
 
 def _dist() -> tuple[int, int]:
@@ -115,10 +121,13 @@ def contrastive_logits(
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE (see the module docstring). ``forward`` returns the scalar loss."""
 
-    def __init__(self, *, local_loss: bool = False, gather_with_grad: bool = True) -> None:
+    def __init__(self, *, local_loss: bool = False, gather_with_grad: bool = True, similarity: str = "cosine") -> None:
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
         self.local_loss = bool(local_loss)
         self.gather_with_grad = bool(gather_with_grad)
+        self.similarity = similarity
 
     def forward(
         self,
@@ -129,8 +138,11 @@ class ClipLoss(nn.Module):
     ) -> torch.Tensor:
         if audio_embeds.shape != text_embeds.shape:
             raise ValueError(f"audio and text embeddings must pair up, got {tuple(audio_embeds.shape)} and {tuple(text_embeds.shape)}")
+        audio_embeds, text_embeds = audio_embeds.float(), text_embeds.float()
+        if self.similarity == "cosine":
+            audio_embeds, text_embeds = F.normalize(audio_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
         logits_audio, logits_text, labels = contrastive_logits(
-            audio_embeds.float(), text_embeds.float(), logit_scale.float(),
+            audio_embeds, text_embeds, logit_scale.float(),
             local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
         )
         if targets is None:
@@ -143,7 +155,7 @@ class ClipLoss(nn.Module):
         return (F.cross_entropy(logits_audio, target_audio) + F.cross_entropy(logits_text, target_text)) / 2
 
     def extra_repr(self) -> str:
-        return f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}"
+        return f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, similarity={self.similarity}"
 
 
 def softclap_targets(
@@ -170,4 +182,4 @@ def softclap_targets(
     return targets, targets
 
 
-__all__ = ["ClipLoss", "contrastive_logits", "gather_features", "softclap_targets"]
+__all__ = ["SIMILARITIES", "ClipLoss", "contrastive_logits", "gather_features", "softclap_targets"]

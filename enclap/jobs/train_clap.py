@@ -10,9 +10,15 @@ from: ``model.init=random`` (explicitly random: tests, the demo), or ``model.ini
 ``model.init_from`` (a tower directory to continue from) or ``model.audio_weights`` + ``model.text_weights``
 (PANNs' ``Cnn14_mAP=0.431.pth`` for CNN14; a transformers ClapModel directory / hub id or a LAION ``.pt``
 for HTS-AT; any hub id / directory of the text encoder, e.g. ``roberta-base``, ``gpt2``,
-``sentence-transformers/all-mpnet-base-v2``). ``train`` is the project's training loop
+``sentence-transformers/all-mpnet-base-v2``). ``model.text_encoder=sentence_transformers`` makes the text
+side a frozen Sentence-BERT (``model.text_weights``: its hub id or directory, loaded with the
+``sentence-transformers`` package, also with ``model.init=random``, which then concerns the audio side and
+the projections): the captions' vectors are computed once and cached in ``model.text_cache_dir`` (default
+``~/.cache/enclap/sentence_embeddings``), only the text projection trains, and no tokenizer is needed (the
+DCASE 2023 baseline, ``cfg/clap/dcase2023_baseline.yaml``). ``train`` is the project's training loop
 (:class:`~enclap.training.loop.LoopConfig`: checkpoints, exact resume, warm-up + cosine, mixed
-precision, logging); ``loss.local_loss`` / ``loss.gather_with_grad`` choose open_clip's variants;
+precision, logging); ``loss.local_loss`` / ``loss.gather_with_grad`` choose open_clip's variants, ``loss.similarity`` cosine or
+dot product, ``loss.temperature`` a fixed temperature instead of the learnt one;
 ``data.curated_file`` + ``data.curation_prob`` + ``data.subset_pct`` and ``loss.softclap_beta`` /
 ``loss.softclap_text`` / ``loss.softclap_teacher`` train a student as in SoftCLAP's recipe (curated pairs
 mixed per item with a subset of the annotated ones, soft targets from caption similarities; see
@@ -92,6 +98,8 @@ class ClapModelConfig:
     freeze_text: bool = False
     clip_seconds: float = 10.0
     max_text_length: int = 77
+    text_encoder: str = "transformers"  # transformers | sentence_transformers (frozen, vectors cached; text_weights names it)
+    text_cache_dir: str = ""  # sentence_transformers: where caption vectors are cached ("" = ~/.cache/enclap/sentence_embeddings)
 
 
 @dataclass
@@ -105,6 +113,8 @@ class ClapTokenizerConfig:
 class ClapLossConfig:
     local_loss: bool = False  # each process: its rows against all gathered columns
     gather_with_grad: bool = True  # gradients flow through the gathered features (exact global-batch gradient)
+    similarity: str = "cosine"  # cosine | dot (dot product of the raw projections)
+    temperature: float | None = None  # null: the tower's learnt logit scale (CLIP); a number: fixed (DCASE baseline: 0.07)
     softclap_beta: float = 0.0  # SoftCLAP: targets (1 - beta) I + beta * caption similarities; 0 = plain CLAP
     softclap_text: str = "teacher"  # whose text embeddings give the caption similarities: teacher | self
     softclap_teacher: str = ""  # the teacher tower directory ("" = model.init_from)
@@ -133,13 +143,28 @@ class TrainClapConfig:
         if not self.data.audio_root:
             problems.append("data.audio_root is required (where the manifests' audio files are)")
         m, tok = self.model, self.tokenizer
+        sbert = m.text_encoder == "sentence_transformers"
+        if m.text_encoder not in ("transformers", "sentence_transformers"):
+            problems.append(f"model.text_encoder must be transformers or sentence_transformers, got {m.text_encoder!r}")
+        if sbert and not (m.text_weights or m.init_from):
+            problems.append("model.text_encoder=sentence_transformers needs model.text_weights (the Sentence-BERT hub id or directory)")
+        if sbert and (m.text_config or tok.name_or_path or tok.train_from_captions):
+            problems.append("model.text_encoder=sentence_transformers takes no model.text_config and no tokenizer (Sentence-BERT brings its own)")
+        if self.loss.similarity not in ("cosine", "dot"):
+            problems.append(f"loss.similarity must be cosine or dot, got {self.loss.similarity!r}")
+        if self.loss.temperature is not None and not 0.01 <= self.loss.temperature:
+            problems.append(f"loss.temperature must be >= 0.01 (the logit scale is capped at 100) or null, got {self.loss.temperature}")
         if m.init not in INIT_MODES:
             problems.append(f"model.init must be one of {', '.join(INIT_MODES)}, got {m.init!r}")
-        elif m.init == "random" and (m.init_from or m.audio_weights or m.text_weights):
+        elif m.init == "random" and sbert and (m.init_from or m.audio_weights):
+            problems.append("model.init=random takes no model.init_from / audio_weights (the Sentence-BERT of model.text_weights stays pretrained)")
+        elif m.init == "random" and not sbert and (m.init_from or m.audio_weights or m.text_weights):
             problems.append("model.init=random takes no model.init_from / audio_weights / text_weights")
         elif m.init == "pretrained":
             if m.init_from and (m.audio_weights or m.text_weights):
                 problems.append("give model.init_from or model.audio_weights + model.text_weights, not both")
+            elif sbert and m.init_from and m.text_weights:
+                problems.append("model.init_from names its own Sentence-BERT; give no model.text_weights with it")
             elif not m.init_from and not (m.audio_weights and m.text_weights):
                 problems.append(
                     "model.init=pretrained needs model.init_from (a tower directory) or both model.audio_weights and "
@@ -147,9 +172,9 @@ class TrainClapConfig:
                 )
             if m.text_weights and m.text_config:
                 problems.append("model.text_config comes from model.text_weights; give one of them")
-        if m.init == "random" and not m.text_config:
+        if m.init == "random" and not m.text_config and not sbert:
             problems.append("model.init=random needs model.text_config (with its model_type)")
-        if not (tok.name_or_path or tok.train_from_captions or m.text_weights or m.init_from):
+        if not sbert and not (tok.name_or_path or tok.train_from_captions or m.text_weights or m.init_from):
             problems.append("a tokenizer is needed: tokenizer.name_or_path, tokenizer.train_from_captions=true, or model.text_weights")
         if tok.name_or_path and tok.train_from_captions:
             problems.append("give tokenizer.name_or_path or tokenizer.train_from_captions=true, not both")
@@ -186,10 +211,14 @@ def load_clap_train_config(path: str | os.PathLike | None = None, overrides: Seq
 
 
 # --------------------------------------------------------------------------------------------- pieces
-def tower_config_from(settings: ClapModelConfig, text_config: dict[str, Any] | None = None):
+def tower_config_from(settings: ClapModelConfig, text_config: dict[str, Any] | None = None, *, sentence_transformer: str = "",
+                      text_embedding_dim: int = 0):
     from ..clap.configuration import ClapTowerConfig
 
     return ClapTowerConfig(
+        text_encoder=settings.text_encoder,
+        sentence_transformer=sentence_transformer,
+        text_embedding_dim=text_embedding_dim,
         audio_encoder=settings.audio_encoder,
         audio_config=dict(settings.audio_config),
         text_config=dict(text_config if text_config is not None else settings.text_config),
@@ -233,6 +262,18 @@ def build_tower(config: TrainClapConfig) -> "ClapTowerModel":
         for key in ("freeze_audio", "freeze_text"):
             setattr(tower.config, key, getattr(m, key))
         tower.apply_freezing()
+        return tower
+    if m.text_encoder == "sentence_transformers":
+        from ..clap.sentence_text import load_sentence_transformer, sentence_embedding_dimension
+
+        encoder = load_sentence_transformer(m.text_weights)
+        local = Path(m.text_weights).expanduser()
+        # a directory is recorded by its absolute path: the exported tower finds it from anywhere
+        name = str(local.resolve()) if local.exists() else m.text_weights
+        tower = ClapTowerModel(tower_config_from(m, sentence_transformer=name, text_embedding_dim=sentence_embedding_dimension(encoder)))
+        tower.attach_sentence_encoder(encoder)
+        if m.init == "pretrained":
+            load_audio_weights(tower, m.audio_weights)
         return tower
     if m.init == "random":
         return ClapTowerModel(tower_config_from(m))
@@ -289,6 +330,8 @@ def load_softclap_teacher(directory: str) -> "ClapTowerModel":
 
 
 def check_tokenizer_fits(tower: "ClapTowerModel", tokenizer: Any) -> None:
+    if tower.text_model is None:  # a Sentence-BERT tower: its tokenizer is its own
+        return
     vocab = int(getattr(tower.text_model.config, "vocab_size", 0) or 0)
     if vocab and len(tokenizer) > vocab:
         raise ConfigError(
@@ -301,6 +344,16 @@ def check_tokenizer_fits(tower: "ClapTowerModel", tokenizer: Any) -> None:
         raise ConfigError(
             f"model.max_text_length={tower.config.max_text_length} needs {needed} positions; the text encoder has {positions}"
         )
+
+
+def _is_sentence_tower(directory: str) -> bool:
+    """Whether a tower directory (model.init_from) has a Sentence-BERT text side."""
+    import json
+
+    try:
+        return json.loads((Path(directory).expanduser() / "config.json").read_text()).get("text_encoder") == "sentence_transformers"
+    except (OSError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------- the job
@@ -343,11 +396,33 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(config.seed)  # the same initial tower on every process
-    tokenizer = build_tower_tokenizer(config, [c for caps in train_source.captions for c in caps], is_main=is_main)
-    accelerator.wait_for_everyone()
-    tower = build_tower(config)
-    tower.tokenizer = tokenizer
-    check_tokenizer_fits(tower, tokenizer)
+    sentence_table = None
+    if config.model.text_encoder == "sentence_transformers" or (config.model.init_from and not config.tokenizer.name_or_path
+                                                               and _is_sentence_tower(config.model.init_from)):
+        from ..clap.sentence_text import cached_sentence_embeddings
+
+        tokenizer = None
+        tower = build_tower(config)
+        captions = [c for caps in train_source.captions for c in caps]
+        captions += [c for caps in val_source.captions for c in caps] if val_source is not None else []
+        sentence_table = cached_sentence_embeddings(
+            tower.sentence_encoder, captions, config.model.text_cache_dir or None, accelerator=accelerator,
+            name=tower.config.sentence_transformer,
+        )
+        tower.sentence_embedding_table = sentence_table  # validation reads its captions' vectors here
+    else:
+        tokenizer = build_tower_tokenizer(config, [c for caps in train_source.captions for c in caps], is_main=is_main)
+        accelerator.wait_for_everyone()
+        tower = build_tower(config)
+        tower.tokenizer = tokenizer
+        check_tokenizer_fits(tower, tokenizer)
+    if config.loss.temperature is not None:  # a fixed temperature: the logit scale is set and frozen
+        import math
+
+        tower.config.logit_scale_init = math.log(1.0 / config.loss.temperature)
+        with torch.no_grad():
+            tower.logit_scale.fill_(tower.config.logit_scale_init)
+        tower.logit_scale.requires_grad_(False)
     if config.sync_batchnorm:
         if accelerator.device.type == "cpu" and accelerator.num_processes > 1:
             raise ConfigError("sync_batchnorm=true: torch's SyncBatchNorm runs on GPUs only; on CPU leave it off")
@@ -357,9 +432,14 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     fingerprint = {
         "tower": json.loads(tower.config.to_json_string(use_diff=False)) | {"_name_or_path": ""},
         "data": {"clips": len(train_source), "digest": _digest([[k, *c] for k, c in zip(train_source.keys, train_source.captions)])},
-        "tokenizer": _digest(sorted(tokenizer.get_vocab().items())),
+        "tokenizer": _digest(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else None,
         "loss": {"local_loss": config.loss.local_loss, "gather_with_grad": config.loss.gather_with_grad},
     }
+    if sentence_table is not None:  # the frozen text encoder's vectors decide the training pairs
+        fingerprint["sentence_encoder"] = sentence_table.identity
+        fingerprint["tower"].pop("sentence_transformer", None)  # its path may move; its identity may not
+    if config.loss.similarity != "cosine" or config.loss.temperature is not None:
+        fingerprint["loss"].update(similarity=config.loss.similarity, temperature=config.loss.temperature)
     if curated_source is not None or data.subset_pct < 100:
         fingerprint["student"] = {
             "subset": _digest(subset), "curation_prob": data.curation_prob,
@@ -379,9 +459,11 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
         tokenizer,
         ClapTrainDataset(train_source, tower.config, tokenizer, config.seed, subset=subset, curated=curated_source,
                          curation_prob=data.curation_prob, teacher_tokenizer=teacher_tokenizer,
-                         teacher_max_text_length=teacher.config.max_text_length if teacher is not None else None),
+                         teacher_max_text_length=teacher.config.max_text_length if teacher is not None else None,
+                         sentence_table=sentence_table),
         ClapAudioDataset(val_source, tower.config, seed=config.seed) if val_source is not None else None,
-        loss=ClipLoss(local_loss=config.loss.local_loss, gather_with_grad=config.loss.gather_with_grad),
+        loss=ClipLoss(local_loss=config.loss.local_loss, gather_with_grad=config.loss.gather_with_grad,
+                      similarity=config.loss.similarity),
         softclap_beta=config.loss.softclap_beta,
         softclap_teacher=teacher,
         fingerprint=fingerprint,

@@ -16,6 +16,12 @@ item, as the issue asks, and both draws come from ``example_rng`` so a resumed r
 the pairs an uninterrupted one would. Optionally the loss uses SoftCLAP targets
 (:func:`~enclap.clap.loss.softclap_targets`) from a frozen teacher's caption embeddings or the model's own.
 
+**Frozen Sentence-BERT text side** (a tower of ``text_encoder="sentence_transformers"``, the DCASE 2023
+baseline): the captions' sentence vectors are computed once (:mod:`enclap.clap.sentence_text`, cached on
+disk) and given as ``sentence_table``; the training items then carry ``sentence_embeddings`` (the vector
+of the caption drawn, by the same draw as the tokenized path) instead of token ids, and only the text
+projection is trained. Validation reads the validation captions' vectors from the same table.
+
 **Loss in the loop's sum contract.** The module returns one term, the symmetric InfoNCE of the batch
 (:class:`~enclap.clap.loss.ClipLoss` with features gathered across processes), and ``counts`` is 1
 per batch: a contrastive loss is not a sum over items (every pair's term depends on every other pair
@@ -113,10 +119,12 @@ class ClapTrainDataset:
 
     def __init__(self, source: ClapAudioSource, config: Any, tokenizer: Any, seed: int, *,
                  subset: Sequence[int] | None = None, curated: ClapAudioSource | None = None,
-                 curation_prob: float = 0.0, teacher_tokenizer: Any = None, teacher_max_text_length: int | None = None) -> None:
+                 curation_prob: float = 0.0, teacher_tokenizer: Any = None, teacher_max_text_length: int | None = None,
+                 sentence_table: Any = None) -> None:
         self.source = source
         self.audio = _TowerAudio(config)
         self.tokenizer = tokenizer
+        self.sentence_table = sentence_table
         self.max_text_length = int(config.max_text_length)
         self.seed = int(seed)
         self.subset = list(range(len(source))) if subset is None else [int(i) for i in subset]
@@ -154,8 +162,13 @@ class ClapTrainDataset:
         origin, clip, caption, rng = self.draw(epoch, index)
         source = self.curated if origin == "curated" else self.source
         features, longer = self.audio(source.audio_paths[clip], rng)
-        ids = self.tokenizer(caption, truncation=True, max_length=self.max_text_length)["input_ids"]
-        example = {"input_features": features, "is_longer": longer, "input_ids": ids}
+        example: dict[str, Any] = {"input_features": features, "is_longer": longer}
+        if self.sentence_table is not None:  # a Sentence-BERT tower: the caption's cached vector
+            example["sentence_embeddings"] = self.sentence_table.vector(caption)
+        elif self.tokenizer is None:
+            raise ValueError("ClapTrainDataset needs a tokenizer, or a sentence_table for a Sentence-BERT tower")
+        else:
+            example["input_ids"] = self.tokenizer(caption, truncation=True, max_length=self.max_text_length)["input_ids"]
         if self.teacher_tokenizer is not None:
             example["teacher_input_ids"] = self.teacher_tokenizer(
                 caption, truncation=True, max_length=self.teacher_max_text_length or self.max_text_length)["input_ids"]
@@ -221,6 +234,8 @@ class ClapCollator:
             pad = self.teacher_pad_token_id if self.teacher_pad_token_id is not None else self.pad_token_id
             ids, mask = self._pad([e["teacher_input_ids"] for e in examples], pad)
             batch.update(teacher_input_ids=ids, teacher_attention_mask=mask)
+        if "sentence_embeddings" in examples[0]:
+            batch["sentence_embeddings"] = torch.from_numpy(np.stack([e["sentence_embeddings"] for e in examples]))
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch
@@ -245,25 +260,32 @@ class ClapLossModule(nn.Module):
             softclap_teacher.eval()
         self._teacher = (softclap_teacher,)  # a tuple: not a submodule (no state_dict, optimizer or DDP entry)
 
-    def forward(self, input_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                is_longer: torch.Tensor, teacher_input_ids: torch.Tensor | None = None,
+    def forward(self, input_features: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, is_longer: torch.Tensor | None = None,
+                sentence_embeddings: torch.Tensor | None = None, teacher_input_ids: torch.Tensor | None = None,
                 teacher_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.tower(input_features=input_features, input_ids=input_ids, attention_mask=attention_mask, is_longer=is_longer)
+        if self.loss.similarity == "dot":  # the raw projections: the loss scores their dot products as they are
+            audio = self.tower.audio_embedding(input_features, is_longer)
+            text = self.tower.text_embedding(input_ids, attention_mask, sentence_embeddings)
+        else:
+            out = self.tower(input_features=input_features, input_ids=input_ids, attention_mask=attention_mask,
+                             is_longer=is_longer, sentence_embeddings=sentence_embeddings)
+            audio, text = out["audio_embeds"], out["text_embeds"]
         targets = None
         if self.softclap_beta > 0:
             teacher = self._teacher[0]
             if teacher is not None:
                 if teacher_input_ids is None:
                     raise ValueError("SoftCLAP with a teacher needs teacher_input_ids in the batch")
-                if next(teacher.parameters()).device != input_ids.device:
-                    teacher.to(input_ids.device)
+                if next(teacher.parameters()).device != input_features.device:
+                    teacher.to(input_features.device)
                 teacher.eval()
                 with torch.no_grad():
                     captions = teacher.get_text_features(teacher_input_ids, teacher_attention_mask)
             else:
-                captions = out["text_embeds"].detach()
+                captions = text.detach()
             targets = softclap_targets(captions, self.softclap_beta, local_loss=self.loss.local_loss)
-        loss = self.loss(out["audio_embeds"], out["text_embeds"], out["logit_scale"], targets=targets)
+        loss = self.loss(audio, text, self.tower.scale(), targets=targets)
         # every trainable parameter in the graph (weight 0): DDP expects a gradient for each
         anchor = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
         return (loss + anchor).reshape(1)
@@ -353,7 +375,7 @@ class ClapTask(TrainingTask):
         self.val_dataset = None  # validation is retrieval (extra_validation), see the module docstring
         self.validation = validation
         teacher_tokenizer = getattr(train_dataset, "teacher_tokenizer", None)
-        self.collate_fn = ClapCollator(tokenizer.pad_token_id,
+        self.collate_fn = ClapCollator(tokenizer.pad_token_id if tokenizer is not None else 0,
                                        teacher_tokenizer.pad_token_id if teacher_tokenizer is not None else None)
         self._fingerprint = fingerprint or {}
         self._run_files = dict(run_files or {})
@@ -364,7 +386,8 @@ class ClapTask(TrainingTask):
         return torch.ones(1, dtype=torch.float64)
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        keys = ("input_features", "input_ids", "attention_mask", "is_longer", "teacher_input_ids", "teacher_attention_mask")
+        keys = ("input_features", "input_ids", "attention_mask", "is_longer", "sentence_embeddings",
+                "teacher_input_ids", "teacher_attention_mask")
         return {k: batch[k] for k in keys if k in batch}
 
     def fingerprint(self) -> dict[str, Any]:

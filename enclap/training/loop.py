@@ -30,7 +30,13 @@ Around that:
 * **optimizer / schedule**: AdamW without weight decay on biases and normalisation weights (chosen by
   module type: the reference's name list misses BART's ``layernorm_embedding``); any warm-up schedule of
   ``transformers.get_scheduler``, including the reference's ``inverse_sqrt`` with ``time_scale``;
-  gradient clipping; epochs or a step budget.
+  gradient clipping; epochs or a step budget. ``reduce_on_plateau`` is torch's ReduceLROnPlateau instead,
+  stepped once per validation with ``best_metric`` (min for losses, max otherwise); its state is in the
+  checkpoints (``accelerator.save_state``), so a resumed run cuts the rate exactly when an uninterrupted one would.
+* **early stopping**: ``early_stopping_patience=N`` ends the run (checkpoint, final export) after N
+  validations in a row without a new best ``best_metric``; the summary and ``train_log.jsonl`` say why, the
+  checkpoint records it, and running the command again does not train further (unless the patience was
+  raised or early stopping turned off: then the run continues).
 * **checkpoints**: ``<output>/checkpoints/step_<n>/`` every ``checkpointing_steps`` steps, at each
   epoch end, at the end, and when stopped by SIGTERM / SIGINT (at the next step boundary; a second
   Ctrl-C aborts at once). ``accelerator.save_state`` (model, optimizer, scheduler, every process's
@@ -129,9 +135,18 @@ def parameter_groups(module: "torch.nn.Module", weight_decay: float) -> list[dic
 
 
 def build_scheduler(optimizer, config: LoopConfig, total_steps: int):
-    """The learning-rate schedule: ``transformers.get_scheduler``, or inverse square root with ``time_scale``."""
+    """The learning-rate schedule: ``transformers.get_scheduler``, inverse square root with ``time_scale``, or
+    ReduceLROnPlateau (stepped by the loop with each validation's ``best_metric``)."""
     from transformers import get_inverse_sqrt_schedule, get_scheduler
 
+    if config.lr_scheduler_type == "reduce_on_plateau":
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        return ReduceLROnPlateau(
+            optimizer, mode="max" if config.greater_is_better else "min", factor=config.plateau_factor,
+            patience=config.plateau_patience, threshold=config.plateau_threshold,
+            threshold_mode=config.plateau_threshold_mode, min_lr=config.min_lr,
+        )
     if config.lr_scheduler_type == "inverse_sqrt":
         return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=config.num_warmup_steps, timescale=config.time_scale)
     return get_scheduler(
@@ -291,6 +306,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         configure_deepspeed(self.accelerator, self.geometry, cfg.max_grad_norm)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.task.module, optimizer, scheduler)
+        self._plateau = cfg.lr_scheduler_type == "reduce_on_plateau"  # stepped per validation, not per step
         self.device = self.accelerator.device
         weights = torch.tensor(self.task.loss_terms.weights, dtype=torch.float64)
         self.term_weights = weights.to(self.device)
@@ -371,13 +387,19 @@ class Trainer:
         optimizer state; a run resumed with other values (e.g. a lower learning rate after a divergence)
         must use its own. Unchanged settings give back exactly the restored values.
         """
-        from torch.optim.lr_scheduler import LambdaLR
+        from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
         cfg = self.config
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         scheduler = getattr(self.scheduler, "scheduler", self.scheduler)
         for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
             group.update(weight_decay=decay, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, initial_lr=cfg.learning_rate)
+        if isinstance(scheduler, ReduceLROnPlateau):
+            # The restored learning rate (cut or not) and plateau history stay; the cut rules are this run's.
+            scheduler.factor, scheduler.patience = cfg.plateau_factor, cfg.plateau_patience
+            scheduler.threshold, scheduler.threshold_mode = cfg.plateau_threshold, cfg.plateau_threshold_mode
+            scheduler.min_lrs = [cfg.min_lr] * len(optimizer.param_groups)
+            return
         if not isinstance(scheduler, LambdaLR):
             return
         scheduler.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
@@ -515,7 +537,7 @@ class Trainer:
             raise NonFiniteLossError(self._non_finite_message(step, "the gradient norm", {**figures, "grad_norm": grad_norm}))
         self.optimizer.step()
         skipped = bool(acc.optimizer_step_was_skipped)
-        if not skipped:  # fp16: the gradient scaler skipped an overflowing step
+        if not skipped and not self._plateau:  # fp16: the gradient scaler skipped an overflowing step
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # A skipped fp16 step's norm is infinite by design: it stays out of the logged average.
@@ -627,6 +649,8 @@ class Trainer:
                     "best": self.best,
                     "last_validation": self.last_validation,
                     "validation_step": self.validation_step,
+                    "validations_since_best": self.validations_since_best,
+                    "stopped_early": self.stopped_early,
                     "log_window": self.window.state(),
                     "num_processes": self.num_processes,
                     "distributed_type": distributed_type(acc),
@@ -690,6 +714,8 @@ class Trainer:
         self.window = StepWindow()
         self.last_checkpoint: Path | None = None
         self.last_saved_step = -1
+        self.validations_since_best = 0  # early stopping's count
+        self.stopped_early: str | None = None
         step, epoch, micro_batch = 0, 0, 0
         if resume_from is not None:
             state = self._load_checkpoint(resume_from)
@@ -698,6 +724,8 @@ class Trainer:
             self.last_validation = state.get("last_validation")
             self.validation_step = state.get("validation_step")
             self.window = StepWindow(state.get("log_window"))
+            self.validations_since_best = int(state.get("validations_since_best", 0))
+            self.stopped_early = state.get("stopped_early")
             self.last_checkpoint, self.last_saved_step = resume_from, step
             if self.best is not None:
                 candidate = ckpt.checkpoint_dir(self.output_dir, self.best["step"])
@@ -764,6 +792,7 @@ class Trainer:
                 signal=self._signals.requested,
                 geometry=self.geometry,
                 best_checkpoint=self.best_checkpoint if self.best_checkpoint is not None and self.best_checkpoint.is_dir() else None,
+                stopped_early=self.stopped_early,
             )
             if self.is_main_process:
                 logger.info("summary: %s", result.summary())
@@ -796,6 +825,15 @@ class Trainer:
         if step >= self.total_steps:
             logger.info("training already reached step %d of %d", step, self.total_steps)
             return "completed"
+        if self.stopped_early:
+            patience = cfg.early_stopping_patience
+            if patience and self.validations_since_best >= patience:
+                logger.info("training stopped early at step %d (%s); not training further", step, self.stopped_early)
+                return "completed"
+            # the settings changed (patience raised or early stopping off): the run would not have stopped here
+            logger.warning("continuing a run that stopped early at step %d (%s): early_stopping_patience is now %d",
+                           step, self.stopped_early, patience)
+            self.stopped_early = None
         for epoch in range(epoch, self.num_epochs):
             self.epoch = epoch
             batches = self._train_batches(epoch, micro_batch)
@@ -819,8 +857,11 @@ class Trainer:
                 last = step >= self.total_steps
                 if epoch_end or last or (cfg.eval_steps and step % cfg.eval_steps == 0):
                     self._run_validation(step, epoch)
-                if epoch_end or last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                if epoch_end or last or self.stopped_early or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     self._save_checkpoint(step, epoch, micro_batch)
+                if self.stopped_early:
+                    logger.warning("stopped early at step %d of %d: %s", step, self.total_steps, self.stopped_early)
+                    return "completed"
             micro_batch = 0
             if step >= self.total_steps:
                 break
@@ -837,17 +878,40 @@ class Trainer:
             self.log.write("validation", step, {"epoch": epoch, **figures})
         if self.is_main_process:
             logger.info("validation at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
-        value = figures.get(self.config.best_metric)
-        if value is not None and math.isfinite(value) and self._is_better(value):
-            self.best = {"metric": self.config.best_metric, "value": value, "step": step, "figures": dict(figures)}
+        cfg = self.config
+        value = figures.get(cfg.best_metric)
+        measured = value is not None and math.isfinite(value)
+        if measured and self._is_better(value):
+            self.best = {"metric": cfg.best_metric, "value": value, "step": step, "figures": dict(figures)}
+            self.validations_since_best = 0
             self._export(BEST_DIR, step, epoch, figures)
             if self.is_main_process:
-                logger.info("new best %s=%.4f at step %d: exported to %s", self.config.best_metric, value, step, self.output_dir / BEST_DIR)
+                logger.info("new best %s=%.4f at step %d: exported to %s", cfg.best_metric, value, step, self.output_dir / BEST_DIR)
+        else:
+            self.validations_since_best += 1
+        if self._plateau:
+            if measured:
+                before = float(self.scheduler.get_last_lr()[0])
+                self.scheduler.step(value)
+                after = float(self.scheduler.get_last_lr()[0])
+                if after < before and self.is_main_process:
+                    logger.info("%s has not improved for %d validation(s): learning rate cut from %.3g to %.3g",
+                                cfg.best_metric, cfg.plateau_patience + 1, before, after)
+            elif self.is_main_process:
+                logger.warning("validation at step %d gave no finite %s: the plateau schedule is not stepped", step, cfg.best_metric)
+        if cfg.early_stopping_patience and self.validations_since_best >= cfg.early_stopping_patience:
+            best = f"; best {self.best['value']:.4f} at step {self.best['step']}" if self.best else ""
+            self.stopped_early = (f"{cfg.best_metric} did not improve for {self.validations_since_best} validation(s) "
+                                  f"(early_stopping_patience={cfg.early_stopping_patience}){best}")
+            if self.log is not None:
+                self.log.write("early_stop", step, {"reason": self.stopped_early, "epoch": epoch})
         self.accelerator.wait_for_everyone()
 
 
 def _summary_values(result: TrainingResult) -> dict[str, Any]:
     values: dict[str, Any] = {"global_step": result.global_step, "status": result.status}
+    if result.stopped_early:
+        values["stopped_early"] = result.stopped_early
     if result.geometry is not None:
         values["global_batch"] = result.geometry.global_batch
     if result.best:

@@ -83,7 +83,8 @@ def test_gradients_flow_to_the_embeddings_not_to_the_targets():
     # the gradient is the one of the formula: check against autograd of a dense torch rewrite
     a2, t2 = audio.detach().clone().requires_grad_(True), text.detach().clone().requires_grad_(True)
     y = softclap_targets(captions.detach(), 0.5)[0]
-    logits = 3.0 * a2 @ t2.T
+    # ClipLoss scores cosine similarities: it normalises its inputs (so must the rewrite, for the gradient)
+    logits = 3.0 * torch.nn.functional.normalize(a2, dim=-1) @ torch.nn.functional.normalize(t2, dim=-1).T
     dense = (-(y * logits.log_softmax(1)).sum() / 7 - (y * logits.T.log_softmax(1)).sum() / 7) / 2
     dense.backward()
     torch.testing.assert_close(audio.grad, a2.grad)
