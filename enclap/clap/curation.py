@@ -25,7 +25,8 @@ to the threshold hits. Peak memory beyond the two embedding tables is ``O(block_
 at most about ``12 * block_size**2`` bytes of temporaries (192 MiB at the default 4096: the float32
 scores, one partitioned copy, three boolean masks) plus 24 bytes per kept pair (``top_k`` per query, or
 the hits of the threshold) and 8 bytes per query and sweep threshold when statistics are asked for,
-whatever the number of clips x captions (a dense 100k x 100k float32 matrix would be 37 GiB).
+whatever the number of clips x captions (a dense 100k x 100k float32 matrix would be 37 GiB); the
+:class:`CuratedPair` list the curation functions return adds about 100 bytes per pair.
 ``bench/bench_curation.py`` measures it (10k x 10k at block 4096: 183 MiB above the tables; at 1024:
 39 MiB). After the first candidate block only scores ``>=`` a query's current k-th best can enter its
 top-k, so the exact top-k costs little more than the product itself.
@@ -251,7 +252,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the search
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CuratedPair:
     """One curated pair: a clip, a caption, and the teacher's cosine similarity between them."""
 
@@ -556,7 +557,7 @@ def curate_ads(
     return curate(audio, text, threshold=threshold, top_k=top_k, block_size=block_size, restrict_to=domain_ids).pairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DomainCaption:
     """A caption selected by DS, the class label it is closest to (among those that selected it), and that similarity."""
 

@@ -16,7 +16,8 @@ each chunk is committed atomically (``chunks/NNNNNN.npy``, then its ``.json`` in
 commit mark). A rerun after an interruption reads the committed chunks (and a finished table) and embeds
 only what is missing; when all is done the chunks are merged into the :class:`EmbeddingTable` of the
 directory and removed. The directory belongs to one model and one kind: pointing another model at it is
-an error, not a silent mix. Unreadable audio is logged with its file and reason, skipped, counted in the
+an error, not a silent mix. The table holds the items of the latest run's list (embeddings of items an
+earlier run had and this one does not ask for are not kept). One process per directory at a time. Unreadable audio is logged with its file and reason, skipped, counted in the
 summary, and listed in ``failed.json``; it is retried on the next run (it may have been fixed).
 
 Caption ids are content hashes of the (stripped) caption text (:func:`caption_id`), so a caption that
@@ -563,10 +564,12 @@ def run_ds(
         from ..data.manifest import read_manifest
 
         score = {d.text_id: d.similarity for d in selected}
+        # the table's own ids for a caption text (it may have been embedded with other ids than caption_id)
+        id_of = dict(zip(text.sources, text.ids)) if text.sources is not None else {}
         pairs, files, captions = [], {}, {}
         for clip in read_manifest(manifest):
             for caption in clip.captions:
-                cid = caption_id(caption)
+                cid = id_of.get(caption.strip()) or caption_id(caption)
                 if cid in score:
                     files[clip.key] = clip.file_path
                     captions[cid] = caption.strip()

@@ -120,6 +120,30 @@ def test_ads_is_du_over_the_domain_captions():
         curate_ads(audio, text, ["t1", "nope"], top_k=1)
 
 
+def test_target_labels_and_their_prompted_embeddings(tmp_path):
+    from enclap.clap.curation import PAPER_PROMPT, label_embeddings, read_target_labels
+
+    (tmp_path / "esc.csv").write_text("filename,fold,target,category\na.wav,1,0,dog_bark\nb.wav,2,1,rain\nc.wav,1,0,dog_bark\n")
+    (tmp_path / "tut.txt").write_text("# TUT scenes\nbeach\n\ncity center\n")
+    assert read_target_labels(tmp_path / "esc.csv") == ["dog bark", "rain"]
+    assert read_target_labels(tmp_path / "tut.txt") == ["beach", "city center"]
+    assert len(read_target_labels(None)) == 50  # ESC-50's classes ship with the package
+    seen = []
+
+    class Texts:
+        def embed_texts(self, texts):
+            seen.extend(texts)
+            rows = np.array([[1.0, 0.0] if "dog" in t else [0.0, 1.0] if t.startswith("a ") else [1.0, 1.0] for t in texts])
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)  # a text tower's rows are unit length
+
+    table = label_embeddings(Texts(), ["dog bark", "rain"])
+    assert seen == [PAPER_PROMPT.format(label="dog bark"), PAPER_PROMPT.format(label="rain")] == ["this is a sound of dog bark", "this is a sound of rain"]
+    assert table.ids == ["dog bark", "rain"] and np.allclose(table.vectors, [[1, 0], [2 ** -0.5, 2 ** -0.5]])
+    two = label_embeddings(Texts(), ["rain"], ("a {label}", "{label}"))  # mean of [0, 1] and [.71, .71], renormalised
+    expected = np.array([0.5 ** 0.5, 1 + 0.5 ** 0.5])
+    assert np.allclose(two.vectors[0], expected / np.linalg.norm(expected))
+
+
 # ------------------------------------------------------------------------------------------ against a dense computation
 def _unit(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -396,3 +420,21 @@ def test_cli_end_to_end_on_tiny_data(tmp_path, capsys, tower_dir):
 
     assert main(["du", "--audio-emb", str(tmp_path / "nowhere"), "--text-emb", str(emb / "text"), "--output", str(tmp_path / "x.csv")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_with_a_transformers_clap_model_directory(tmp_path, capsys):
+    from enclap.features.random_models import save_random_clap
+    from enclap.jobs.curate import main
+
+    model = save_random_clap(tmp_path / "hf-clap", enable_fusion=False, projection_dim=16)
+    _write_audio(tmp_path / "audio", 3)
+    (tmp_path / "captions.txt").write_text("a loud beep\nrain on a roof\na bell rings\n")
+    emb = tmp_path / "emb"
+    assert main(["embed-audio", "--model", str(model), "--audio-dir", str(tmp_path / "audio"), "--out", str(emb / "a")]) == 0
+    assert main(["embed-text", "--model", str(model), "--text-file", str(tmp_path / "captions.txt"), "--out", str(emb / "t")]) == 0
+    assert main(["du", "--audio-emb", str(emb / "a"), "--text-emb", str(emb / "t"), "--output", str(tmp_path / "du.csv"), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs from 3 clips x 3 captions" in out
+    audio, text = EmbeddingTable.load(emb / "a"), EmbeddingTable.load(emb / "t")
+    assert audio.dim == text.dim == 16 and audio.model == text.model == str(model)
