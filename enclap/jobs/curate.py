@@ -3,7 +3,7 @@
 Subcommands (``docs/recipes/curation.md`` has a walk-through on the demo data)::
 
     enclap-curate embed-audio --model TOWER --audio-dir AUDIO --out EMB/audio        # or --manifest M --audio-root R,
-                                                                                    # or --file-list L [--audio-root R]
+                                                      # --labelled-csv esc50.csv --audio-root R, --file-list L [--audio-root R]
     enclap-curate embed-text  --model TOWER --manifest train.csv --out EMB/text      # or --text-file captions.txt
     enclap-curate du   --audio-emb EMB/audio --text-emb EMB/text --output du.csv [--threshold T] [--top-k K]
     enclap-curate ds   --model TOWER --text-emb EMB/text --manifest train.csv --labels esc50.csv \\
@@ -370,6 +370,21 @@ def audio_from_manifest(manifest: str | os.PathLike, audio_root: str | os.PathLi
     return out
 
 
+def audio_from_labelled_csv(path: str | os.PathLike, audio_root: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(clip key, audio path)`` of a labelled CSV (ESC-50's ``esc50.csv`` or ``file,label[,fold]``; labels
+    ignored): each file under ``audio_root`` or ``audio_root/audio`` (ESC-50's layout), as the zero-shot
+    evaluation finds them; a missing file stays in (and fails when read)."""
+    from ..clap.evaluation import read_labelled_csv
+    from ..data.manifest import clip_key
+
+    root = Path(audio_root)
+    out = []
+    for row in dict.fromkeys(r["file"] for r in read_labelled_csv(path)):
+        found = next((c for c in (root / row, root / "audio" / row) if c.is_file()), root / row)
+        out.append((clip_key(found.relative_to(root).as_posix()), str(found)))
+    return out
+
+
 def audio_from_directory(directory: str | os.PathLike) -> list[tuple[str, str]]:
     """``(clip key, path)`` of every audio file below ``directory`` (sorted)."""
     from ..audio import find_audio_files
@@ -636,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="caption manifest whose clips to embed (with --audio-root)")
+    source.add_argument("--labelled-csv", help="label manifest whose clips to embed: ESC-50's esc50.csv or "
+                        "file,label[,fold] (with --audio-root; files also looked up in <root>/audio)")
     source.add_argument("--audio-dir", help="embed every audio file below this directory (it is the audio root)")
     source.add_argument("--file-list", help="text file, one audio path per line (relative to --audio-root)")
     p.add_argument("--audio-root", help="root of the manifest's / list's paths (a list defaults to its folder)")
@@ -696,10 +713,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "embed-audio":
-            if args.manifest and not args.audio_root:
-                raise ConfigError("--manifest needs --audio-root (where its clips' audio files are)")
+            if (args.manifest or args.labelled_csv) and not args.audio_root:
+                raise ConfigError("--manifest / --labelled-csv need --audio-root (where their audio files are)")
             if args.manifest:
                 items, root = audio_from_manifest(args.manifest, args.audio_root), args.audio_root
+            elif args.labelled_csv:
+                items, root = audio_from_labelled_csv(args.labelled_csv, args.audio_root), args.audio_root
             elif args.audio_dir:
                 items, root = audio_from_directory(args.audio_dir), args.audio_dir
             else:

@@ -335,6 +335,28 @@ def test_embed_audio_resumes_after_an_interruption(tmp_path, tower_dir):
         embed_audio(other, items, tmp_path / "run", progress=False)
 
 
+def test_audio_lists_from_manifests_and_file_lists(tmp_path):
+    from enclap.jobs.curate import audio_from_file_list, audio_from_labelled_csv, audio_from_manifest
+
+    root = tmp_path / "root"
+    (root / "audio").mkdir(parents=True)
+    (root / "a.wav").write_bytes(b"")
+    (root / "audio" / "b.wav").write_bytes(b"")
+    (tmp_path / "esc.csv").write_text("filename,fold,target,category\na.wav,1,0,dog\nb.wav,1,1,rain\nc.wav,2,1,rain\n")
+    assert audio_from_labelled_csv(tmp_path / "esc.csv", root) == [
+        ("a", str(root / "a.wav")), ("audio/b", str(root / "audio" / "b.wav")), ("c", str(root / "c.wav"))]
+    (tmp_path / "m.csv").write_text("file_path,caption\nx/a.npy,one\nx/a.npy,two\nb.npy,three\n")
+    (root / "x").mkdir()
+    (root / "x" / "a.flac").write_bytes(b"")
+    assert audio_from_manifest(tmp_path / "m.csv", root) == [("x/a", str(root / "x" / "a.flac")), ("b", str(root / "b.npy"))]
+    (tmp_path / "list.txt").write_text(f"# pool\nx/a.flac\n{root / 'a.wav'}\n")
+    assert audio_from_file_list(tmp_path / "list.txt", root) == [("x/a", str(root / "x" / "a.flac")), ("a", str(root / "a.wav"))]
+    (tmp_path / "bad.txt").write_text("/elsewhere/z.wav\n../up.wav\n")
+    with pytest.raises(ManifestError, match="line 1.*not below the audio root") as err:
+        audio_from_file_list(tmp_path / "bad.txt", root)
+    assert "line 2" in str(err.value)
+
+
 def test_embed_text_embeds_each_caption_once(tmp_path):
     from enclap.jobs.curate import caption_id, captions_from_text_file, embed_text
 
