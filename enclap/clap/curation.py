@@ -709,6 +709,8 @@ def save_similarity_histogram(
     bin_edges: np.ndarray | None = None,
     threshold: float | None = None,
     title: str = "",
+    all_label: str = "all pairs",
+    kept_label: str = "kept pairs",
 ) -> Path:
     """A PNG of the similarity distribution: every pair searched (when counted) and the pairs kept, log scale.
 
@@ -722,11 +724,11 @@ def save_similarity_histogram(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     if all_counts is not None and np.asarray(all_counts).sum() > 0:
-        axes.stairs(np.asarray(all_counts), edges, fill=True, alpha=0.4, label=f"all pairs ({int(np.sum(all_counts)):,})")
+        axes.stairs(np.asarray(all_counts), edges, fill=True, alpha=0.4, label=f"{all_label} ({int(np.sum(all_counts)):,})")
     kept = np.asarray(list(kept), dtype=np.float64)
     if kept.size:
         counts, _ = np.histogram(np.clip(kept, -1.0, 1.0), bins=edges)
-        axes.stairs(counts, edges, fill=True, alpha=0.7, label=f"kept pairs ({kept.size:,})")
+        axes.stairs(counts, edges, fill=True, alpha=0.7, label=f"{kept_label} ({kept.size:,})")
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     axes.set_yscale("log")

@@ -598,7 +598,8 @@ def run_ds(
     if histogram is not None:
         save_similarity_histogram(histogram, kept=[d.similarity for d in selected], all_counts=np.histogram(
             best.similarity, bins=stats.bin_edges)[0], bin_edges=stats.bin_edges, threshold=threshold,
-            title=f"ds: best class-label similarity of each caption ({name})")
+            title=f"ds: best class-label similarity of each caption ({name})", all_label="all captions",
+            kept_label="selected captions")
         report["histogram"] = str(histogram)
         lines.append(f"  histogram: {histogram}")
     top = sorted(report["per_label"].items(), key=lambda kv: -kv[1])
@@ -784,7 +785,8 @@ def run_stats(
     lines.append("  pairs per threshold (among these pairs):")
     lines += ["    " + line for line in format_sweep(sweep_from_pairs(sims, keys, sweep), clips=clips).splitlines()]
     histogram = Path(histogram) if histogram else Path(manifest).with_name(Path(manifest).stem + "_stats.png")
-    save_similarity_histogram(histogram, kept=sims, title=f"{Path(manifest).name}: similarity of the curated pairs")
+    save_similarity_histogram(histogram, kept=sims, title=f"{Path(manifest).name}: similarity of the curated pairs",
+                              kept_label="curated pairs")
     lines.append(f"  histogram: {histogram}")
     return "\n".join(lines)
 
