@@ -178,6 +178,7 @@ def _run_dump(
     _check_job(out_dir, kind, model_name, dim)
     summary = DumpSummary(requested=len(items))
     done: dict[str, tuple[np.ndarray, str]] = {}
+    table = None
     if (out_dir / "meta.json").is_file():
         table = EmbeddingTable.load(out_dir)
         sources = table.sources or [""] * len(table)
@@ -198,7 +199,8 @@ def _run_dump(
             for b in range(0, len(chunk), batch_size):
                 batch = chunk[b : b + batch_size]
                 ok_sources, batch_vectors, batch_failed = embed_many(batch)
-                ok_ids = [id_ for id_, _ in batch if id_ not in {f[0] for f in batch_failed}]
+                failed_ids = {f[0] for f in batch_failed}
+                ok_ids = [id_ for id_, _ in batch if id_ not in failed_ids]
                 ids += ok_ids
                 sources += ok_sources
                 vectors.append(np.asarray(batch_vectors, dtype=np.float32).reshape(len(ok_ids), dim))
@@ -214,9 +216,10 @@ def _run_dump(
     finally:
         bar.close()
     keep = [id_ for id_, _ in items if id_ in done]
-    vectors = np.stack([done[i][0] for i in keep]) if keep else np.zeros((0, dim), dtype=np.float32)
-    table = EmbeddingTable(keep, vectors, {"kind": kind, "model": model_name}, [done[i][1] for i in keep])
-    table.save(out_dir)
+    if table is None or from_chunks or summary.embedded or table.ids != keep:  # else the table on disk is this list's
+        vectors = np.stack([done[i][0] for i in keep]) if keep else np.zeros((0, dim), dtype=np.float32)
+        table = EmbeddingTable(keep, vectors, {"kind": kind, "model": model_name}, [done[i][1] for i in keep])
+        table.save(out_dir)
     store.clear()  # merged into the table (a crash before this line only leaves duplicates of table rows)
     write_atomic(out_dir / FAILED_FILE, (json.dumps(
         [{"id": i, "source": s, "reason": r} for i, s, r in summary.failed], indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

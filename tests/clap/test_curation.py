@@ -326,9 +326,12 @@ def test_embed_audio_resumes_after_an_interruption(tmp_path, tower_dir):
     assert table.ids == reference.ids and table.sources == reference.sources
     np.testing.assert_allclose(table.vectors, reference.vectors, atol=1e-6)
     assert not (tmp_path / "run" / "chunks").exists()  # merged into the table
+    written = (tmp_path / "run" / "vectors.npy").stat().st_mtime_ns
     third = _Counting(inner)
     embed_audio(third, items, tmp_path / "run", batch_size=2, chunk_size=2, audio_root=tmp_path / "audio", progress=False)
     assert third.files == 0  # only the broken file is retried, and it fails again
+    assert (tmp_path / "run" / "vectors.npy").stat().st_mtime_ns == written and not (tmp_path / "run" / "chunks").exists()
+    assert [f["id"] for f in json.loads((tmp_path / "run" / "failed.json").read_text())] == ["pool/zz_broken"]
     other = _Counting(inner)
     other.name_or_path = "another-model"
     with pytest.raises(ConfigError, match="another job"):
