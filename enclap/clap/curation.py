@@ -22,9 +22,14 @@ in query order, then rank order.
 **Bounded memory.** The similarity matrix is never formed: queries and candidates are cut in blocks of
 ``block_size`` rows, each ``(block, block)`` product is reduced at once to a running top-k per query and
 to the threshold hits. Peak memory beyond the two embedding tables is ``O(block_size**2 + kept pairs)``:
-about ``12 * block_size**2`` bytes of temporaries (~200 MB at the default 4096) plus the kept pairs
-(``top_k`` per query, or the hits of the threshold) and ``O(queries * sweep thresholds)`` counters when
-statistics are asked for. ``bench/bench_curation.py`` measures 10k x 10k and 100k x 100k.
+at most about ``12 * block_size**2`` bytes of temporaries (192 MiB at the default 4096: the float32
+scores, one partitioned copy, three boolean masks) plus 24 bytes per kept pair (``top_k`` per query, or
+the hits of the threshold) and 8 bytes per query and sweep threshold when statistics are asked for,
+whatever the number of clips x captions (a dense 100k x 100k float32 matrix would be 37 GiB); the
+:class:`CuratedPair` list the curation functions return adds about 100 bytes per pair.
+``bench/bench_curation.py`` measures it (10k x 10k at block 4096: 183 MiB above the tables; at 1024:
+39 MiB). After the first candidate block only scores ``>=`` a query's current k-th best can enter its
+top-k, so the exact top-k costs little more than the product itself.
 The result is the dense computation's (tests compare them for several block sizes); only the last
 bits of a similarity depend on the block shape (float32 products), as with any BLAS.
 
@@ -247,7 +252,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the search
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CuratedPair:
     """One curated pair: a clip, a caption, and the teacher's cosine similarity between them."""
 
@@ -262,7 +267,7 @@ class SearchStats:
 
     ``kept[t]`` / ``queries_with_pair[t]``: pairs kept / queries with at least one pair if the threshold
     were ``thresholds[t]`` (with the search's ``top_k`` if it had one). ``histogram`` counts every pair's
-    similarity in ``bin_edges`` (values a rounding error outside [-1, 1] go to the end bins).
+    similarity in bins of 0.01 over [-1, 1] (:func:`histogram_bins`; ``bin_edges`` for plotting).
     """
 
     thresholds: tuple[float, ...]
@@ -322,6 +327,35 @@ def row_top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(keep)[1].reshape(rows, k)
 
 
+def _merge_top_k(best_s: np.ndarray, best_c: np.ndarray, scores: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-k ``(rows, k)`` of a query block merged with one more candidate block's scores.
+
+    Only entries ``>=`` a row's current k-th best can enter its top-k, so after the first block a cheap
+    mask leaves few candidates; when many pass (the first block, or a flat row) the block's own exact
+    top-k (:func:`row_top_k`) is taken first. The merge sorts by (row, -similarity, candidate index), so
+    ties go to the lower candidate index across blocks as within one.
+    """
+    rows = scores.shape[0]
+    mask = scores >= best_s[:, k - 1 : k]
+    if np.count_nonzero(mask) > 4 * rows * k:
+        del mask
+        local = row_top_k(scores, k)
+        new_r = np.repeat(np.arange(rows), local.shape[1])
+        new_c = local.reshape(-1)
+    else:
+        new_r, new_c = np.nonzero(mask)
+        del mask
+    new_s = scores[new_r, new_c]
+    all_r = np.concatenate([np.repeat(np.arange(rows), k), new_r])
+    all_c = np.concatenate([best_c.reshape(-1), new_c + offset])
+    all_s = np.concatenate([best_s.reshape(-1), new_s])
+    order = np.lexsort((all_c, -all_s, all_r))
+    sorted_r = all_r[order]
+    rank = np.arange(order.size) - np.searchsorted(sorted_r, np.arange(rows))[sorted_r]
+    keep = order[rank < k]  # exactly k per row (each row has its k running entries), rows in order
+    return all_s[keep].reshape(rows, k), all_c[keep].reshape(rows, k)
+
+
 def search(
     queries: np.ndarray,
     candidates: np.ndarray,
@@ -373,12 +407,7 @@ def search(
             c_block = np.ascontiguousarray(candidates[c0 : c0 + block], dtype=np.float32)
             scores = q_block @ c_block.T
             if k:
-                local = row_top_k(scores, k)
-                merged_s = np.concatenate([best_s, np.take_along_axis(scores, local, axis=1)], axis=1)
-                merged_c = np.concatenate([best_c, local + c0], axis=1)
-                order = np.lexsort((merged_c, -merged_s), axis=1)[:, :k]
-                best_s = np.take_along_axis(merged_s, order, axis=1)
-                best_c = np.take_along_axis(merged_c, order, axis=1)
+                best_s, best_c = _merge_top_k(best_s, best_c, scores, c0, k)
             elif threshold is not None:
                 r, c = np.nonzero(scores >= threshold)
                 hits_q.append(r + q0)
@@ -428,11 +457,22 @@ def search(
     return result
 
 
-def _histogram(scores: np.ndarray) -> np.ndarray:
-    counts, _ = np.histogram(scores, bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
-    counts[0] += np.count_nonzero(scores < -1.0)  # a rounding error past the ends still counts
-    counts[-1] += np.count_nonzero(scores > 1.0)
-    return counts.astype(np.int64)
+def histogram_bins(scores: np.ndarray) -> np.ndarray:
+    """Bin of every similarity: ``floor(100 * (s + 1))`` in float32, clipped to ``[0, HISTOGRAM_BINS)`` (bins of
+    0.01 over [-1, 1]; a value a rounding error outside goes to the end bin)."""
+    half = np.float32(HISTOGRAM_BINS / 2)
+    q = np.asarray(scores, dtype=np.float32) * half
+    q += half
+    np.floor(q, out=q)
+    np.clip(q, 0, HISTOGRAM_BINS - 1, out=q)
+    return q.astype(np.intp)
+
+
+def _histogram(scores: np.ndarray, rows: int = 256) -> np.ndarray:
+    counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    for r in range(0, scores.shape[0], rows):  # row slices keep the temporaries small
+        counts += np.bincount(histogram_bins(scores[r : r + rows]).reshape(-1), minlength=HISTOGRAM_BINS)
+    return counts
 
 
 # ------------------------------------------------------------------------------------------ DU / DS / ADS
@@ -517,7 +557,7 @@ def curate_ads(
     return curate(audio, text, threshold=threshold, top_k=top_k, block_size=block_size, restrict_to=domain_ids).pairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DomainCaption:
     """A caption selected by DS, the class label it is closest to (among those that selected it), and that similarity."""
 
@@ -669,6 +709,8 @@ def save_similarity_histogram(
     bin_edges: np.ndarray | None = None,
     threshold: float | None = None,
     title: str = "",
+    all_label: str = "all pairs",
+    kept_label: str = "kept pairs",
 ) -> Path:
     """A PNG of the similarity distribution: every pair searched (when counted) and the pairs kept, log scale.
 
@@ -682,11 +724,11 @@ def save_similarity_histogram(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     if all_counts is not None and np.asarray(all_counts).sum() > 0:
-        axes.stairs(np.asarray(all_counts), edges, fill=True, alpha=0.4, label=f"all pairs ({int(np.sum(all_counts)):,})")
+        axes.stairs(np.asarray(all_counts), edges, fill=True, alpha=0.4, label=f"{all_label} ({int(np.sum(all_counts)):,})")
     kept = np.asarray(list(kept), dtype=np.float64)
     if kept.size:
         counts, _ = np.histogram(np.clip(kept, -1.0, 1.0), bins=edges)
-        axes.stairs(counts, edges, fill=True, alpha=0.7, label=f"kept pairs ({kept.size:,})")
+        axes.stairs(counts, edges, fill=True, alpha=0.7, label=f"{kept_label} ({kept.size:,})")
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
     axes.set_yscale("log")

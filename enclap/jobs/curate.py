@@ -3,7 +3,7 @@
 Subcommands (``docs/recipes/curation.md`` has a walk-through on the demo data)::
 
     enclap-curate embed-audio --model TOWER --audio-dir AUDIO --out EMB/audio        # or --manifest M --audio-root R,
-                                                                                    # or --file-list L [--audio-root R]
+                                                      # --labelled-csv esc50.csv --audio-root R, --file-list L [--audio-root R]
     enclap-curate embed-text  --model TOWER --manifest train.csv --out EMB/text      # or --text-file captions.txt
     enclap-curate du   --audio-emb EMB/audio --text-emb EMB/text --output du.csv [--threshold T] [--top-k K]
     enclap-curate ds   --model TOWER --text-emb EMB/text --manifest train.csv --labels esc50.csv \\
@@ -16,7 +16,8 @@ each chunk is committed atomically (``chunks/NNNNNN.npy``, then its ``.json`` in
 commit mark). A rerun after an interruption reads the committed chunks (and a finished table) and embeds
 only what is missing; when all is done the chunks are merged into the :class:`EmbeddingTable` of the
 directory and removed. The directory belongs to one model and one kind: pointing another model at it is
-an error, not a silent mix. Unreadable audio is logged with its file and reason, skipped, counted in the
+an error, not a silent mix. The table holds the items of the latest run's list (embeddings of items an
+earlier run had and this one does not ask for are not kept). One process per directory at a time. Unreadable audio is logged with its file and reason, skipped, counted in the
 summary, and listed in ``failed.json``; it is retried on the next run (it may have been fixed).
 
 Caption ids are content hashes of the (stripped) caption text (:func:`caption_id`), so a caption that
@@ -177,6 +178,7 @@ def _run_dump(
     _check_job(out_dir, kind, model_name, dim)
     summary = DumpSummary(requested=len(items))
     done: dict[str, tuple[np.ndarray, str]] = {}
+    table = None
     if (out_dir / "meta.json").is_file():
         table = EmbeddingTable.load(out_dir)
         sources = table.sources or [""] * len(table)
@@ -197,7 +199,8 @@ def _run_dump(
             for b in range(0, len(chunk), batch_size):
                 batch = chunk[b : b + batch_size]
                 ok_sources, batch_vectors, batch_failed = embed_many(batch)
-                ok_ids = [id_ for id_, _ in batch if id_ not in {f[0] for f in batch_failed}]
+                failed_ids = {f[0] for f in batch_failed}
+                ok_ids = [id_ for id_, _ in batch if id_ not in failed_ids]
                 ids += ok_ids
                 sources += ok_sources
                 vectors.append(np.asarray(batch_vectors, dtype=np.float32).reshape(len(ok_ids), dim))
@@ -213,9 +216,10 @@ def _run_dump(
     finally:
         bar.close()
     keep = [id_ for id_, _ in items if id_ in done]
-    vectors = np.stack([done[i][0] for i in keep]) if keep else np.zeros((0, dim), dtype=np.float32)
-    table = EmbeddingTable(keep, vectors, {"kind": kind, "model": model_name}, [done[i][1] for i in keep])
-    table.save(out_dir)
+    if table is None or from_chunks or summary.embedded or table.ids != keep:  # else the table on disk is this list's
+        vectors = np.stack([done[i][0] for i in keep]) if keep else np.zeros((0, dim), dtype=np.float32)
+        table = EmbeddingTable(keep, vectors, {"kind": kind, "model": model_name}, [done[i][1] for i in keep])
+        table.save(out_dir)
     store.clear()  # merged into the table (a crash before this line only leaves duplicates of table rows)
     write_atomic(out_dir / FAILED_FILE, (json.dumps(
         [{"id": i, "source": s, "reason": r} for i, s, r in summary.failed], indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -366,6 +370,21 @@ def audio_from_manifest(manifest: str | os.PathLike, audio_root: str | os.PathLi
         except AudioNotFoundError:
             path = Path(audio_root) / clip.file_path
         out.append((clip.key, str(path)))
+    return out
+
+
+def audio_from_labelled_csv(path: str | os.PathLike, audio_root: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(clip key, audio path)`` of a labelled CSV (ESC-50's ``esc50.csv`` or ``file,label[,fold]``; labels
+    ignored): each file under ``audio_root`` or ``audio_root/audio`` (ESC-50's layout), as the zero-shot
+    evaluation finds them; a missing file stays in (and fails when read)."""
+    from ..clap.evaluation import read_labelled_csv
+    from ..data.manifest import clip_key
+
+    root = Path(audio_root)
+    out = []
+    for row in dict.fromkeys(r["file"] for r in read_labelled_csv(path)):
+        found = next((c for c in (root / row, root / "audio" / row) if c.is_file()), root / row)
+        out.append((clip_key(found.relative_to(root).as_posix()), str(found)))
     return out
 
 
@@ -563,10 +582,12 @@ def run_ds(
         from ..data.manifest import read_manifest
 
         score = {d.text_id: d.similarity for d in selected}
+        # the table's own ids for a caption text (it may have been embedded with other ids than caption_id)
+        id_of = dict(zip(text.sources, text.ids)) if text.sources is not None else {}
         pairs, files, captions = [], {}, {}
         for clip in read_manifest(manifest):
             for caption in clip.captions:
-                cid = caption_id(caption)
+                cid = id_of.get(caption.strip()) or caption_id(caption)
                 if cid in score:
                     files[clip.key] = clip.file_path
                     captions[cid] = caption.strip()
@@ -580,7 +601,8 @@ def run_ds(
     if histogram is not None:
         save_similarity_histogram(histogram, kept=[d.similarity for d in selected], all_counts=np.histogram(
             best.similarity, bins=stats.bin_edges)[0], bin_edges=stats.bin_edges, threshold=threshold,
-            title=f"ds: best class-label similarity of each caption ({name})")
+            title=f"ds: best class-label similarity of each caption ({name})", all_label="all captions",
+            kept_label="selected captions")
         report["histogram"] = str(histogram)
         lines.append(f"  histogram: {histogram}")
     top = sorted(report["per_label"].items(), key=lambda kv: -kv[1])
@@ -633,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="caption manifest whose clips to embed (with --audio-root)")
+    source.add_argument("--labelled-csv", help="label manifest whose clips to embed: ESC-50's esc50.csv or "
+                        "file,label[,fold] (with --audio-root; files also looked up in <root>/audio)")
     source.add_argument("--audio-dir", help="embed every audio file below this directory (it is the audio root)")
     source.add_argument("--file-list", help="text file, one audio path per line (relative to --audio-root)")
     p.add_argument("--audio-root", help="root of the manifest's / list's paths (a list defaults to its folder)")
@@ -693,10 +717,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "embed-audio":
-            if args.manifest and not args.audio_root:
-                raise ConfigError("--manifest needs --audio-root (where its clips' audio files are)")
+            if (args.manifest or args.labelled_csv) and not args.audio_root:
+                raise ConfigError("--manifest / --labelled-csv need --audio-root (where their audio files are)")
             if args.manifest:
                 items, root = audio_from_manifest(args.manifest, args.audio_root), args.audio_root
+            elif args.labelled_csv:
+                items, root = audio_from_labelled_csv(args.labelled_csv, args.audio_root), args.audio_root
             elif args.audio_dir:
                 items, root = audio_from_directory(args.audio_dir), args.audio_dir
             else:
@@ -762,7 +788,8 @@ def run_stats(
     lines.append("  pairs per threshold (among these pairs):")
     lines += ["    " + line for line in format_sweep(sweep_from_pairs(sims, keys, sweep), clips=clips).splitlines()]
     histogram = Path(histogram) if histogram else Path(manifest).with_name(Path(manifest).stem + "_stats.png")
-    save_similarity_histogram(histogram, kept=sims, title=f"{Path(manifest).name}: similarity of the curated pairs")
+    save_similarity_histogram(histogram, kept=sims, title=f"{Path(manifest).name}: similarity of the curated pairs",
+                              kept_label="curated pairs")
     lines.append(f"  histogram: {histogram}")
     return "\n".join(lines)
 

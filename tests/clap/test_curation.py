@@ -120,6 +120,30 @@ def test_ads_is_du_over_the_domain_captions():
         curate_ads(audio, text, ["t1", "nope"], top_k=1)
 
 
+def test_target_labels_and_their_prompted_embeddings(tmp_path):
+    from enclap.clap.curation import PAPER_PROMPT, label_embeddings, read_target_labels
+
+    (tmp_path / "esc.csv").write_text("filename,fold,target,category\na.wav,1,0,dog_bark\nb.wav,2,1,rain\nc.wav,1,0,dog_bark\n")
+    (tmp_path / "tut.txt").write_text("# TUT scenes\nbeach\n\ncity center\n")
+    assert read_target_labels(tmp_path / "esc.csv") == ["dog bark", "rain"]
+    assert read_target_labels(tmp_path / "tut.txt") == ["beach", "city center"]
+    assert len(read_target_labels(None)) == 50  # ESC-50's classes ship with the package
+    seen = []
+
+    class Texts:
+        def embed_texts(self, texts):
+            seen.extend(texts)
+            rows = np.array([[1.0, 0.0] if "dog" in t else [0.0, 1.0] if t.startswith("a ") else [1.0, 1.0] for t in texts])
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)  # a text tower's rows are unit length
+
+    table = label_embeddings(Texts(), ["dog bark", "rain"])
+    assert seen == [PAPER_PROMPT.format(label="dog bark"), PAPER_PROMPT.format(label="rain")] == ["this is a sound of dog bark", "this is a sound of rain"]
+    assert table.ids == ["dog bark", "rain"] and np.allclose(table.vectors, [[1, 0], [2 ** -0.5, 2 ** -0.5]])
+    two = label_embeddings(Texts(), ["rain"], ("a {label}", "{label}"))  # mean of [0, 1] and [.71, .71], renormalised
+    expected = np.array([0.5 ** 0.5, 1 + 0.5 ** 0.5])
+    assert np.allclose(two.vectors[0], expected / np.linalg.norm(expected))
+
+
 # ------------------------------------------------------------------------------------------ against a dense computation
 def _unit(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -168,7 +192,10 @@ def test_blockwise_search_on_unit_vectors_matches_dense_similarities():
             got = search(queries, candidates, threshold=threshold, top_k=top_k, block_size=block, sweep=[0.0, 0.5])
             assert list(zip(got.query.tolist(), got.candidate.tolist())) == [(i, j) for i, j, _ in expected]
             np.testing.assert_allclose(got.similarity, [s for _, _, s in expected], atol=1e-6)
-            assert np.array_equal(got.stats.histogram, np.histogram(np.clip(scores, -1, 1), bins=got.stats.bin_edges)[0])
+            dense_bins = np.clip(np.floor(scores * np.float32(100) + np.float32(100)), 0, 199).astype(int)
+            assert np.array_equal(got.stats.histogram, np.bincount(dense_bins.ravel(), minlength=200))
+            # the bins are those of np.histogram up to float32 rounding at the edges
+            assert np.abs(got.stats.histogram - np.histogram(scores, bins=got.stats.bin_edges)[0]).sum() <= 4
 
 
 def test_row_top_k_is_exact_at_ties():
@@ -299,13 +326,38 @@ def test_embed_audio_resumes_after_an_interruption(tmp_path, tower_dir):
     assert table.ids == reference.ids and table.sources == reference.sources
     np.testing.assert_allclose(table.vectors, reference.vectors, atol=1e-6)
     assert not (tmp_path / "run" / "chunks").exists()  # merged into the table
+    written = (tmp_path / "run" / "vectors.npy").stat().st_mtime_ns
     third = _Counting(inner)
     embed_audio(third, items, tmp_path / "run", batch_size=2, chunk_size=2, audio_root=tmp_path / "audio", progress=False)
     assert third.files == 0  # only the broken file is retried, and it fails again
+    assert (tmp_path / "run" / "vectors.npy").stat().st_mtime_ns == written and not (tmp_path / "run" / "chunks").exists()
+    assert [f["id"] for f in json.loads((tmp_path / "run" / "failed.json").read_text())] == ["pool/zz_broken"]
     other = _Counting(inner)
     other.name_or_path = "another-model"
     with pytest.raises(ConfigError, match="another job"):
         embed_audio(other, items, tmp_path / "run", progress=False)
+
+
+def test_audio_lists_from_manifests_and_file_lists(tmp_path):
+    from enclap.jobs.curate import audio_from_file_list, audio_from_labelled_csv, audio_from_manifest
+
+    root = tmp_path / "root"
+    (root / "audio").mkdir(parents=True)
+    (root / "a.wav").write_bytes(b"")
+    (root / "audio" / "b.wav").write_bytes(b"")
+    (tmp_path / "esc.csv").write_text("filename,fold,target,category\na.wav,1,0,dog\nb.wav,1,1,rain\nc.wav,2,1,rain\n")
+    assert audio_from_labelled_csv(tmp_path / "esc.csv", root) == [
+        ("a", str(root / "a.wav")), ("audio/b", str(root / "audio" / "b.wav")), ("c", str(root / "c.wav"))]
+    (tmp_path / "m.csv").write_text("file_path,caption\nx/a.npy,one\nx/a.npy,two\nb.npy,three\n")
+    (root / "x").mkdir()
+    (root / "x" / "a.flac").write_bytes(b"")
+    assert audio_from_manifest(tmp_path / "m.csv", root) == [("x/a", str(root / "x" / "a.flac")), ("b", str(root / "b.npy"))]
+    (tmp_path / "list.txt").write_text(f"# pool\nx/a.flac\n{root / 'a.wav'}\n")
+    assert audio_from_file_list(tmp_path / "list.txt", root) == [("x/a", str(root / "x" / "a.flac")), ("a", str(root / "a.wav"))]
+    (tmp_path / "bad.txt").write_text("/elsewhere/z.wav\n../up.wav\n")
+    with pytest.raises(ManifestError, match="line 1.*not below the audio root") as err:
+        audio_from_file_list(tmp_path / "bad.txt", root)
+    assert "line 2" in str(err.value)
 
 
 def test_embed_text_embeds_each_caption_once(tmp_path):
@@ -393,3 +445,21 @@ def test_cli_end_to_end_on_tiny_data(tmp_path, capsys, tower_dir):
 
     assert main(["du", "--audio-emb", str(tmp_path / "nowhere"), "--text-emb", str(emb / "text"), "--output", str(tmp_path / "x.csv")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_with_a_transformers_clap_model_directory(tmp_path, capsys):
+    from enclap.features.random_models import save_random_clap
+    from enclap.jobs.curate import main
+
+    model = save_random_clap(tmp_path / "hf-clap", enable_fusion=False, projection_dim=16)
+    _write_audio(tmp_path / "audio", 3)
+    (tmp_path / "captions.txt").write_text("a loud beep\nrain on a roof\na bell rings\n")
+    emb = tmp_path / "emb"
+    assert main(["embed-audio", "--model", str(model), "--audio-dir", str(tmp_path / "audio"), "--out", str(emb / "a")]) == 0
+    assert main(["embed-text", "--model", str(model), "--text-file", str(tmp_path / "captions.txt"), "--out", str(emb / "t")]) == 0
+    assert main(["du", "--audio-emb", str(emb / "a"), "--text-emb", str(emb / "t"), "--output", str(tmp_path / "du.csv"), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs from 3 clips x 3 captions" in out
+    audio, text = EmbeddingTable.load(emb / "a"), EmbeddingTable.load(emb / "t")
+    assert audio.dim == text.dim == 16 and audio.model == text.model == str(model)
