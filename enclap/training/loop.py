@@ -49,7 +49,10 @@ Around that:
 * **validation** (on every process): loss on the validation set each epoch (and every ``eval_steps``),
   summed over processes without counting any example twice; the task may add metrics (e.g. caption
   scores computed on every process's share and gathered); the best value of ``best_metric`` is tracked
-  and the task exports the model at each new best.
+  and the task exports the model at each new best. An ``on_validation(step, figures)`` callback (e.g. a
+  hyper-parameter tuner reporting to its trial, :mod:`enclap.tuning`) sees every validation's figures on
+  the main process; when it returns True the run saves a checkpoint and stops with status ``"stopped"``
+  (resumable like an interrupted run).
 * **safety**: a non-finite loss or gradient norm stops the run with :class:`NonFiniteLossError`
   naming the step, before the weights change (under DeepSpeed the engine steps inside ``backward``, so
   the check comes after that step); the last checkpoint stays as it was.
@@ -98,6 +101,8 @@ from .signals import StopSignals, ignore_signals_in_worker
 from .tracking import StepWindow, TrainingLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from accelerate import Accelerator
 
@@ -171,6 +176,7 @@ class Trainer:
         output_dir: str | os.PathLike,
         seed: int,
         accelerator: "Accelerator | None" = None,
+        on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
     ) -> None:
         config.validate()
         logging.getLogger("accelerate.utils.other").addFilter(_TIED_WEIGHTS_FILTER)  # idempotent
@@ -181,6 +187,8 @@ class Trainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self._signals = StopSignals()
         self._stop_requested_by_call = False
+        self.on_validation = on_validation
+        self._stopped_by_validation = False
         known = {"val_loss"} | {f"val_{group}" for group in task.loss_terms.groups} | task.validation_metric_names()
         if config.best_metric not in known:
             raise ConfigError(f"best_metric {config.best_metric!r} is not a validation figure of this run; known: {', '.join(sorted(known))}")
@@ -821,6 +829,11 @@ class Trainer:
                     self._run_validation(step, epoch)
                 if epoch_end or last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     self._save_checkpoint(step, epoch, micro_batch)
+                if self._stopped_by_validation and not last:
+                    if self.last_saved_step != step:
+                        self._save_checkpoint(step, epoch, micro_batch)
+                    logger.info("stopped at step %d by the validation callback", step)
+                    return "stopped"
             micro_batch = 0
             if step >= self.total_steps:
                 break
@@ -843,6 +856,13 @@ class Trainer:
             self._export(BEST_DIR, step, epoch, figures)
             if self.is_main_process:
                 logger.info("new best %s=%.4f at step %d: exported to %s", self.config.best_metric, value, step, self.output_dir / BEST_DIR)
+        if self.on_validation is not None:
+            stop = bool(self.on_validation(step, dict(figures))) if self.is_main_process else False
+            if self.num_processes > 1:  # the main process decides; every process stops at the same step
+                from accelerate.utils import broadcast_object_list
+
+                stop = broadcast_object_list([stop])[0]
+            self._stopped_by_validation = stop
         self.accelerator.wait_for_everyone()
 
 
@@ -863,9 +883,14 @@ def run_training(
     output_dir: str | os.PathLike,
     seed: int,
     accelerator: "Accelerator | None" = None,
+    on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
 ) -> TrainingResult:
-    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`."""
-    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator).run()
+    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`.
+
+    ``on_validation(step, figures)``, called on the main process after each validation, stops the run
+    (checkpoint saved, status ``"stopped"``) by returning True.
+    """
+    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator, on_validation=on_validation).run()
 
 
 __all__ = [
