@@ -270,3 +270,48 @@ def test_a_killed_search_process_leaves_a_trial_that_the_next_run_fails_and_resu
     assert steps[-1] == 4 and retry.user_attrs["steps"] == 4
     rows = list(csv.DictReader((spec.study_dir / "results.csv").open()))
     assert "its process was lost" in rows[0]["notes"] and "retried as trial 1" in rows[0]["notes"]
+
+
+@pytest.mark.parametrize("name", ["clap_tiny", "clotho_captioner"])
+def test_the_shipped_space_files_load_and_fit_their_job(name):
+    spec = tuning.load_search_spec(REPO / "cfg" / "tune" / f"{name}.yaml")
+    tuning.check_spec_against_job(spec)
+    assert spec.study_name == name and spec.storage_url == "sqlite:///runs/tune/study.db"
+    assert spec.config.is_file() and spec.direction == "maximize"
+
+
+@pytest.mark.slow
+def test_a_captioner_study_minimises_its_validation_loss(tmp_path):
+    """The same search over the captioner job (train_captioner), on tiny random features, optimising val_loss."""
+    from omegaconf import OmegaConf
+
+    from enclap.jobs.train_captioner import load_train_config
+
+    from .training import make_feature_set, tiny_overrides
+
+    files = make_feature_set(tmp_path / "features")
+    base = tmp_path / "captioner.yaml"
+    dotlist = [o for o in tiny_overrides(files, tmp_path / "unused") if not o.startswith("output_dir=")]
+    base.write_text(OmegaConf.to_yaml(OmegaConf.from_dotlist(dotlist)))
+    space = {
+        "job": "captioner", "config": str(base), "output_dir": str(tmp_path / "runs"), "trials": 2, "metric": "val_loss",
+        "overrides": {"train.train_batch_size": 8},  # 4 steps per epoch
+        "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "median", "n_startup_trials": 1},
+        "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+                  "model.mcm_loss_scale": {"type": "float", "low": 0.0, "high": 1.0}},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    spec = tuning.load_search_spec(tmp_path / "space.yaml")
+    assert spec.direction == "minimize"  # *loss: the loop keeps the lowest
+    outcome = tuning.run_search(spec)
+    study = stored_study(spec)
+    assert outcome.finished == 2 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    for trial in study.trials:
+        validations = {e["step"]: e["val_loss"] for e in read_train_log(trial.user_attrs["output_dir"]) if e["type"] == "validation"}
+        assert trial.intermediate_values == {s: pytest.approx(v) for s, v in validations.items()}
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(min(validations.values()))
+    number, value = sqlite_best(spec.output_dir / "study.db", "minimize")
+    assert (outcome.best_trial, outcome.best_value) == (number, pytest.approx(value))
+    best = load_train_config(spec.study_dir / "best_config.yaml")
+    assert best.model.mcm_loss_scale == study.best_trial.params["model.mcm_loss_scale"] and best.train.best_metric == "val_loss"
