@@ -416,10 +416,25 @@ def _build(kind: str, table: dict[str, str], settings: dict[str, Any], path: Pat
         raise ConfigError(f"{path}: {kind[:-1]} {settings}: {err}") from err
 
 
-def _retry_callback(spec: SearchSpec):
+def _retry_callback(spec: SearchSpec) -> Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]:
+    """Optuna's retry (same parameters, user attributes and reported values), without the failed trial's process.
+
+    The retry inherits the user attributes, hence its output directory; the ``worker`` (host:pid) of the
+    dead process is dropped, or another process could take the retry for lost in the moment between Optuna
+    starting it and the new process recording itself.
+    """
+    import copy
+
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries, inherit_intermediate_values=True)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries, inherit_intermediate_values=True)
+
+    def callback(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs.pop("worker", None)
+        retry(study, trial)
+
+    return callback
 
 
 def open_storage(spec: SearchSpec) -> "optuna.storages.RDBStorage":
@@ -662,15 +677,13 @@ def _find_trial(study: "optuna.Study", number: int) -> "optuna.trial.FrozenTrial
 
 def _retry(study: "optuna.Study", spec: SearchSpec, number: int) -> None:
     """Re-enqueue a FAIL trial with its parameters, user attributes (its output_dir) and reported values."""
-    import copy
-
     import optuna
 
     trial = _find_trial(study, number)
     if trial is None or trial.state != optuna.trial.TrialState.FAIL:
         return
     with _experimental_allowed():
-        _retry_callback(spec)(study, copy.deepcopy(trial))
+        _retry_callback(spec)(study, trial)
     logger.warning("trial %d re-enqueued with the same parameters: the next trial resumes it from %s",
                    number, trial.user_attrs.get("output_dir"))
 

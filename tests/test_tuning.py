@@ -184,6 +184,7 @@ def test_a_study_interrupted_by_a_signal_resumes_its_trial_and_reports_its_best(
     failed, waiting = study.trials[1], study.trials[2]
     assert "interrupted by SIGINT at step 2" in failed.user_attrs["failure"]
     assert waiting.params == failed.params and waiting.user_attrs["output_dir"] == failed.user_attrs["output_dir"]
+    assert "worker" not in waiting.user_attrs  # not the stopped process's: nothing may take the retry for lost
     assert waiting.intermediate_values == failed.intermediate_values == {2: pytest.approx(failed.intermediate_values[2])}
     trial_dir = Path(failed.user_attrs["output_dir"])
     assert (trial_dir / "checkpoints" / "step_2").is_dir()
