@@ -84,6 +84,12 @@ def curate_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.tune import main
+
+    return main(argv)
+
+
 def web_main(argv: Sequence[str] | None = None) -> int:
     from .webapp import main
 

@@ -51,6 +51,8 @@ from ..errors import ConfigError, EnclapError
 from ..training.loop import LoopConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from accelerate import Accelerator
 
     from ..clap.modeling import ClapTowerModel
@@ -357,8 +359,15 @@ def _is_sentence_tower(directory: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- the job
-def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = None) -> "TrainingResult":
-    """Run (or resume) the CLAP training ``config`` describes; data and pretrained parts are checked first."""
+def train_clap(
+    config: TrainClapConfig, *, accelerator: "Accelerator | None" = None,
+    on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
+) -> "TrainingResult":
+    """Run (or resume) the CLAP training ``config`` describes; data and pretrained parts are checked first.
+
+    ``on_validation(step, figures)`` is the loop's per-validation callback (True stops the run, see
+    :func:`~enclap.training.loop.run_training`); the hyper-parameter search (:mod:`enclap.tuning`) uses it.
+    """
     import json
 
     import torch
@@ -482,7 +491,9 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     if not data.validation_file and config.train.best_metric != "val_loss":
         logger.warning("no data.validation_file: no best/ model is picked (train.best_metric=%s)", config.train.best_metric)
         config.train.best_metric = "val_loss"  # the loop's always-known figure; without validation it never appears
-    return run_training(task, config.train, output_dir=output_dir, seed=config.seed, accelerator=accelerator)
+    return run_training(
+        task, config.train, output_dir=output_dir, seed=config.seed, accelerator=accelerator, on_validation=on_validation
+    )
 
 
 # --------------------------------------------------------------------------------------------- command line

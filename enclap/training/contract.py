@@ -269,7 +269,8 @@ def _takes(method: Callable, name: str) -> bool:
 
 @dataclass
 class TrainingResult:
-    """How a run ended. ``status`` is ``"completed"`` or ``"interrupted"`` (a signal; resumable)."""
+    """How a run ended. ``status`` is ``"completed"``, ``"interrupted"`` (a signal; resumable) or ``"stopped"``
+    (by the loop's ``on_validation`` callback, e.g. a pruned trial of a hyper-parameter search; resumable)."""
 
     status: str
     global_step: int

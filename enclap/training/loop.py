@@ -55,7 +55,10 @@ Around that:
 * **validation** (on every process): loss on the validation set each epoch (and every ``eval_steps``),
   summed over processes without counting any example twice; the task may add metrics (e.g. caption
   scores computed on every process's share and gathered); the best value of ``best_metric`` is tracked
-  and the task exports the model at each new best.
+  and the task exports the model at each new best. An ``on_validation(step, figures)`` callback (e.g. a
+  hyper-parameter tuner reporting to its trial, :mod:`enclap.tuning`) sees every validation's figures on
+  the main process; when it returns True the run saves a checkpoint and stops with status ``"stopped"``
+  (resumable like an interrupted run).
 * **safety**: a non-finite loss or gradient norm stops the run with :class:`NonFiniteLossError`
   naming the step, before the weights change (under DeepSpeed the engine steps inside ``backward``, so
   the check comes after that step); the last checkpoint stays as it was.
@@ -104,6 +107,8 @@ from .signals import StopSignals, ignore_signals_in_worker
 from .tracking import StepWindow, TrainingLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from accelerate import Accelerator
 
@@ -186,6 +191,7 @@ class Trainer:
         output_dir: str | os.PathLike,
         seed: int,
         accelerator: "Accelerator | None" = None,
+        on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
     ) -> None:
         config.validate()
         logging.getLogger("accelerate.utils.other").addFilter(_TIED_WEIGHTS_FILTER)  # idempotent
@@ -196,6 +202,8 @@ class Trainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self._signals = StopSignals()
         self._stop_requested_by_call = False
+        self.on_validation = on_validation
+        self._stopped_by_validation = False
         known = {"val_loss"} | {f"val_{group}" for group in task.loss_terms.groups} | task.validation_metric_names()
         if config.best_metric not in known:
             raise ConfigError(f"best_metric {config.best_metric!r} is not a validation figure of this run; known: {', '.join(sorted(known))}")
@@ -862,6 +870,11 @@ class Trainer:
                 if self.stopped_early:
                     logger.warning("stopped early at step %d of %d: %s", step, self.total_steps, self.stopped_early)
                     return "completed"
+                if self._stopped_by_validation and not last:
+                    if self.last_saved_step != step:
+                        self._save_checkpoint(step, epoch, micro_batch)
+                    logger.info("stopped at step %d by the validation callback", step)
+                    return "stopped"
             micro_batch = 0
             if step >= self.total_steps:
                 break
@@ -905,6 +918,13 @@ class Trainer:
                                   f"(early_stopping_patience={cfg.early_stopping_patience}){best}")
             if self.log is not None:
                 self.log.write("early_stop", step, {"reason": self.stopped_early, "epoch": epoch})
+        if self.on_validation is not None:
+            stop = bool(self.on_validation(step, dict(figures))) if self.is_main_process else False
+            if self.num_processes > 1:  # the main process decides; every process stops at the same step
+                from accelerate.utils import broadcast_object_list
+
+                stop = broadcast_object_list([stop])[0]
+            self._stopped_by_validation = stop
         self.accelerator.wait_for_everyone()
 
 
@@ -927,9 +947,14 @@ def run_training(
     output_dir: str | os.PathLike,
     seed: int,
     accelerator: "Accelerator | None" = None,
+    on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
 ) -> TrainingResult:
-    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`."""
-    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator).run()
+    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`.
+
+    ``on_validation(step, figures)``, called on the main process after each validation, stops the run
+    (checkpoint saved, status ``"stopped"``) by returning True.
+    """
+    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator, on_validation=on_validation).run()
 
 
 __all__ = [
