@@ -1,6 +1,7 @@
 """Train a CLAP tower (contrastive audio-text) on captioned audio: manifests + audio in, a tower directory out.
 
     enclap-train-clap --config cfg/clap/tiny.yaml data.train_file=... data.audio_root=... output_dir=runs/clap
+    enclap-train-clap --config cfg/clap/tiny.yaml data.train_file= "data.train_shards=shards/data-{000000..000007}.tar" ...
     python -m enclap.jobs.train_clap --config cfg/clap/tiny.yaml key=value ...
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m enclap.jobs.train_clap --config ...
 
@@ -61,6 +62,12 @@ class ClapDataConfig:
     audio_root: str = ""  # the manifests' file_path are relative to it (extension swapped for the audio's)
     validation_audio_root: str = ""  # "" = audio_root
     max_validation_clips: int = 0  # 0 = all
+    # Webdataset shards instead of train_file (enclap-shards write; LAION-CLAP's layout): a brace pattern
+    # "shards/data-{000000..000009}.tar", "a.tar::b.tar", or a list of patterns / files.
+    train_shards: Any = ""
+    shard_epoch_samples: int = 0  # declared examples per epoch; 0 = the samples the shards' sizes.json lists
+    shuffle_buffer: int = 1000  # samples shuffled together in each reader (0 or 1: shard order only)
+    resampled: bool = False  # draw shards with replacement per reader (multi-epoch runs on many shards/readers)
 
 
 @dataclass
@@ -114,10 +121,17 @@ class TrainClapConfig:
             problems.append("output_dir is required")
         if not 0 <= self.seed < 2**32:
             problems.append(f"seed must be in [0, 2**32 - 1], got {self.seed}")
-        if not self.data.train_file:
-            problems.append("data.train_file is required (a caption manifest)")
-        if not self.data.audio_root:
+        d = self.data
+        if not d.train_file and not d.train_shards:
+            problems.append("data.train_file (a caption manifest) or data.train_shards (webdataset shards) is required")
+        if d.train_file and d.train_shards:
+            problems.append("give data.train_file or data.train_shards, not both")
+        if d.train_file and not d.audio_root:
             problems.append("data.audio_root is required (where the manifests' audio files are)")
+        if d.validation_file and not (d.audio_root or d.validation_audio_root):
+            problems.append("data.validation_file needs data.validation_audio_root or data.audio_root")
+        if d.shard_epoch_samples < 0 or d.shuffle_buffer < 0:
+            problems.append("data.shard_epoch_samples and data.shuffle_buffer must be >= 0")
         m, tok = self.model, self.tokenizer
         if m.init not in INIT_MODES:
             problems.append(f"model.init must be one of {', '.join(INIT_MODES)}, got {m.init!r}")
@@ -274,6 +288,7 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     from ..clap.interop import export_transformers_clap, exports_as_transformers_clap
     from ..clap.loss import ClipLoss
     from ..training.clap import ClapAudioDataset, ClapAudioSource, ClapTask, ClapTrainDataset
+    from ..training.clap_shards import clap_shard_stream
     from ..training.loop import make_accelerator, run_training
     from .train_captioner import _digest
 
@@ -285,7 +300,16 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     is_main = accelerator.is_main_process
     output_dir = Path(config.output_dir).expanduser()
     data = config.data
-    train_source = ClapAudioSource(data.train_file, data.audio_root)  # every clip's audio file is found up front
+    shards = None
+    if data.train_shards:
+        from ..data.shards import expand_shards, read_shard_sizes
+
+        patterns = data.train_shards if isinstance(data.train_shards, str) else [str(p) for p in data.train_shards]
+        shards = expand_shards(patterns)
+        sizes = read_shard_sizes(shards) if not data.shard_epoch_samples else {}
+        train_source = None
+    else:
+        train_source = ClapAudioSource(data.train_file, data.audio_root)  # every clip's audio file is found up front
     val_source = None
     if data.validation_file:
         val_source = ClapAudioSource(data.validation_file, data.validation_audio_root or data.audio_root)
@@ -296,7 +320,15 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(config.seed)  # the same initial tower on every process
-    tokenizer = build_tower_tokenizer(config, [c for caps in train_source.captions for c in caps], is_main=is_main)
+    if train_source is not None:
+        train_captions = [c for caps in train_source.captions for c in caps]
+    elif config.tokenizer.train_from_captions:
+        from ..data.shards import shard_captions
+
+        train_captions = [c for caps in shard_captions(shards) for c in caps]
+    else:
+        train_captions = []
+    tokenizer = build_tower_tokenizer(config, train_captions, is_main=is_main)
     accelerator.wait_for_everyone()
     tower = build_tower(config)
     tower.tokenizer = tokenizer
@@ -309,7 +341,13 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     config_text = OmegaConf.to_yaml(OmegaConf.structured(config))
     fingerprint = {
         "tower": json.loads(tower.config.to_json_string(use_diff=False)) | {"_name_or_path": ""},
-        "data": {"clips": len(train_source), "digest": _digest([[k, *c] for k, c in zip(train_source.keys, train_source.captions)])},
+        "data": (
+            {"clips": len(train_source), "digest": _digest([[k, *c] for k, c in zip(train_source.keys, train_source.captions)])}
+            if train_source is not None else
+            {"shards": _digest([Path(u).name for u in shards]), "sizes": _digest(sorted(sizes.items())) if sizes else None,
+             "epoch_examples": data.shard_epoch_samples or sum(sizes.values()), "resampled": data.resampled,
+             "shuffle_buffer": data.shuffle_buffer}
+        ),
         "tokenizer": _digest(sorted(tokenizer.get_vocab().items())),
         "loss": {"local_loss": config.loss.local_loss, "gather_with_grad": config.loss.gather_with_grad},
     }
@@ -318,7 +356,9 @@ def train_clap(config: TrainClapConfig, *, accelerator: "Accelerator | None" = N
     task = ClapTask(
         tower,
         tokenizer,
-        ClapTrainDataset(train_source, tower.config, tokenizer, config.seed),
+        ClapTrainDataset(train_source, tower.config, tokenizer, config.seed) if train_source is not None else
+        clap_shard_stream(shards, tower.config, tokenizer, config.seed, resampled=data.resampled,
+                          shuffle_buffer=data.shuffle_buffer, epoch_examples=data.shard_epoch_samples or None),
         ClapAudioDataset(val_source, tower.config, seed=config.seed) if val_source is not None else None,
         loss=ClipLoss(local_loss=config.loss.local_loss, gather_with_grad=config.loss.gather_with_grad),
         fingerprint=fingerprint,
