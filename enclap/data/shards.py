@@ -289,8 +289,13 @@ def _describe(exn: BaseException) -> tuple[str, str | None, str]:
     """(shard, key, reason) of an exception met while reading shards (webdataset appends the url to args)."""
     if isinstance(exn, BadSample):
         return exn.shard, exn.key, exn.reason
+    import re
+
     shard = next((a for a in reversed(getattr(exn, "args", ())) if isinstance(a, str) and a.endswith(".tar")), "?")
     first = str(exn.args[0]) if getattr(exn, "args", None) else type(exn).__name__
+    if shard == "?":  # webdataset's tar iterator appends " @ <file object name='...'>" instead of the url
+        found = re.search(r" @ <.*name='([^']+)'", first)
+        shard = found.group(1) if found else shard
     first = first.split(" @ ")[0]
     if isinstance(exn, tarfile.ReadError) or isinstance(exn, EOFError):
         low = first.lower()
@@ -322,6 +327,49 @@ def shard_captions(shards: str | Sequence[str]) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------------------------------ check
+def _member_key(name: str) -> str:
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)[0] or name
+
+
+def tar_structure_problem(path: str | os.PathLike) -> tuple[str | None, str] | None:
+    """``(sample key or None, reason)`` when a tar shard is truncated or has a corrupt member header; else None.
+
+    Python's tarfile (which webdataset reads with) ends an archive *silently* at a header it cannot
+    read or at a file cut short; this looks at where it stopped (stdlib ``tarfile``, random access):
+    a member running past the end of the file, no end-of-archive blocks, or bytes that are not the
+    end-of-archive zeros where the next header should be.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    last: tarfile.TarInfo | None = None
+    try:
+        with tarfile.open(path, "r:") as archive:
+            try:
+                while (member := archive.next()) is not None:
+                    last = member
+            except (tarfile.ReadError, EOFError):
+                if last is None or last.offset_data + last.size <= size:
+                    return None, f"corrupt tar: unreadable member header at byte {archive.offset}"
+            end = archive.offset
+    except (tarfile.TarError, OSError, EOFError) as err:
+        return None, f"corrupt tar ({err})"
+    if last is not None and last.offset_data + last.size > size:
+        return _member_key(last.name), (f"truncated tar: the file ends inside member {last.name} "
+                                        f"({size - last.offset_data} of its {last.size} bytes)")
+    with open(path, "rb") as fh:
+        fh.seek(end)
+        tail = fh.read(1024)
+    after = f" after member {last.name}" if last is not None else ""
+    if len(tail) < 1024 and not tail.strip(b"\0"):
+        return None, f"truncated tar: the file ends at byte {size}{after} without the end-of-archive blocks"
+    if tail.strip(b"\0"):
+        return None, (f"corrupt tar: unreadable member header at byte {end}{after}; "
+                      f"the {size - end} bytes from there cannot be read")
+    return None
+
+
 @dataclass
 class ShardProblem:
     shard: str
@@ -375,12 +423,17 @@ def check_shards(
             problems.append(ShardProblem(url, None, "no such file"))
             continue
         last_key: list[str | None] = [None]
+        tar_errors: list[ShardProblem] = []
 
-        def record(exn: BaseException, url: str = url) -> bool:
+        def record(exn: BaseException, url: str = url, tar_errors: list = tar_errors) -> bool:
             shard, key, reason = _describe(exn)
-            if key is None and last_key[0] is not None:
-                reason += f" after sample {last_key[0]!r}"
-            problems.append(ShardProblem(shard if shard != "?" else url, key, reason))
+            if key is None:  # the tar itself: told more precisely by tar_structure_problem below, if it can
+                if last_key[0] is not None:
+                    reason += f" after sample {last_key[0]!r}"
+                if not any(p.reason == reason for p in tar_errors):
+                    tar_errors.append(ShardProblem(url, None, reason))
+            else:
+                problems.append(ShardProblem(shard if shard != "?" else url, key, reason))
             return True  # keep going: report every bad sample, not the first
 
         for sample in wds.tarfile_samples([{"url": url}], handler=record):
@@ -396,6 +449,8 @@ def check_shards(
                 record(err)
                 continue
             good[url] += 1
+        structure = tar_structure_problem(url)
+        problems.extend([ShardProblem(url, *structure)] if structure is not None else tar_errors)
         bar.set_postfix(bad=len(problems))
         if url in declared and declared[url] != good[url] and not any(p.shard == url for p in problems):
             problems.append(ShardProblem(url, None, f"{SIZES_FILE} declares {declared[url]} samples, {good[url]} read"))
@@ -410,7 +465,8 @@ class SkipCounter:
     ``log_first`` bad samples of a worker are logged one by one, then every ``log_every``-th with the total.
     """
 
-    def __init__(self, log_first: int = 20, log_every: int = 100) -> None:
+    def __init__(self, log_first: int = 20, log_every: int = 100, sizes: dict[str, int] | None = None) -> None:
+        self.sizes = sizes or {}
         self.total = 0
         self.pending = 0
         self.log_first, self.log_every = int(log_first), int(log_every)
@@ -418,13 +474,24 @@ class SkipCounter:
     def __call__(self, exn: BaseException) -> bool:
         if not isinstance(exn, Exception):  # KeyboardInterrupt and the like are not bad data
             return False
+        shard, key, reason = _describe(exn)
+        if key is None and shard in self.sizes:
+            # A broken tar: the samples it loses are counted when the shard ends (sizes.json says how many).
+            logger.warning("%s: %s", shard, reason)
+            return True
         self.total += 1
         self.pending += 1
         if self.total <= self.log_first or self.total % self.log_every == 0:
-            shard, key, reason = _describe(exn)
             logger.warning("skipped a bad sample (%d so far in this reader): %s%s: %s", self.total, shard,
                            f" sample {key!r}" if key else "", reason)
         return True
+
+    def missing(self, shard: str, read: int, declared: int) -> None:
+        lost = declared - read
+        self.total += lost
+        self.pending += lost
+        logger.warning("skipped %d sample(s) of %s: it ended after %d of the %d samples its %s lists "
+                       "(a truncated or corrupt tar; enclap-shards check names it)", lost, shard, read, declared, SIZES_FILE)
 
     def take(self) -> int:
         count, self.pending = self.pending, 0
@@ -452,14 +519,70 @@ class _SplitByProcess:
         return islice(src, self.rank, None, self.world)
 
 
+class _CompleteShards:
+    """Counts, as bad, the samples a shard lists in ``sizes.json`` but does not deliver.
+
+    Python's tarfile ends a truncated or corrupt archive silently (see :func:`tar_structure_problem`):
+    without this, the rest of such a shard would vanish from training unnoticed.
+    """
+
+    def __init__(self, sizes: dict[str, int], counter: "SkipCounter") -> None:
+        self.sizes, self.counter = sizes, counter
+
+    def _close(self, url: str | None, read: int) -> None:
+        declared = self.sizes.get(url) if url is not None else None
+        if declared is not None and read < declared:
+            self.counter.missing(url, read, declared)
+
+    def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        url, read = None, 0
+        for sample in src:
+            if sample.get("__url__") != url:
+                self._close(url, read)
+                url, read = sample.get("__url__"), 0
+            read += 1
+            yield sample
+        self._close(url, read)
+
+
+class _Transform:
+    """``transform(sample, epoch)``, any failure turned into a :class:`BadSample` naming the shard and key."""
+
+    def __init__(self, transform: Callable[[dict[str, Any], int], dict[str, Any]], epoch: int) -> None:
+        self.transform, self.epoch = transform, int(epoch)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.transform(sample, self.epoch)
+        except BadSample:
+            raise
+        except Exception as err:
+            raise BadSample(sample.get("__url__", "?"), sample.get("__key__"), f"{type(err).__name__}: {err}") from err
+
+
 class _AttachSkips:
+    """Each example gets the bad samples skipped since the previous one.
+
+    An example is passed on once the next one has been made (or the stream has ended), so that the
+    bad samples read after the last example of a pass are carried by it rather than lost.
+    """
+
     def __init__(self, counter: SkipCounter) -> None:
         self.counter = counter
 
     def __call__(self, src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        held: dict[str, Any] | None = None
+        skipped = self.counter.take()  # bad samples before the first example
         for example in src:
-            example[SKIPPED_KEY] = self.counter.take()
-            yield example
+            if held is not None:
+                held[SKIPPED_KEY] = skipped
+                yield held
+                skipped = 0
+            skipped += self.counter.take()
+            held = example
+        if held is not None:
+            held[SKIPPED_KEY] = skipped + self.counter.take()
+            yield held
 
 
 class ShardStream(IterableDataset):
@@ -496,10 +619,15 @@ class ShardStream(IterableDataset):
         if missing:
             raise ShardError(f"{len(missing)} shard(s) not found: {', '.join(missing[:5])}")
         if epoch_examples is None:
-            epoch_examples = sum(read_shard_sizes(self.urls).values())
+            epoch_examples = sum(read_shard_sizes(self.urls).values())  # (the error says what is missing)
         if int(epoch_examples) < 1:
             raise ConfigError(f"the declared epoch length must be >= 1 example, got {epoch_examples}")
         self.epoch_examples = int(epoch_examples)
+        try:
+            self.sizes = read_shard_sizes(self.urls)
+        except ShardError as err:
+            logger.info("%s: a shard that ends early (truncated, corrupt) cannot be told from a short one", err)
+            self.sizes = {}
         self.epoch = 0
         self.rank, self.world = 0, 1
         self.batch_size: int | None = None
@@ -534,20 +662,18 @@ class ShardStream(IterableDataset):
         """The webdataset pipeline of this process's worker ``worker`` of ``workers`` for the current epoch."""
         import webdataset as wds
 
-        counter = SkipCounter()
+        counter = SkipCounter(sizes=self.sizes)
         if self.resampled:
             source = [wds.ResampledShards(self.urls, seed=_seed(self.seed, SHARD_STREAM, self.epoch), deterministic=True,
                                           worker_seed=lambda: self.rank * 65_536 + worker)]
         else:
             source = [wds.SimpleShardList(self.urls, seed=_seed(self.seed, SHARD_STREAM, self.epoch)),
                       _SplitByProcess(self.rank, self.world), wds.split_by_worker]
-        stages = [*source, wds.tarfile_to_samples(handler=counter)]
+        stages = [*source, wds.tarfile_to_samples(handler=counter), _CompleteShards(self.sizes, counter)]
         if self.shuffle_buffer > 1:
             rng = random.Random(_seed(self.seed, SHARD_STREAM, self.epoch, self.rank, worker, 1))
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_initial, self.shuffle_buffer), rng=rng))
-        epoch = self.epoch
-        transform = self.transform
-        stages += [wds.map(lambda sample: transform(sample, epoch), handler=counter), _AttachSkips(counter)]
+        stages += [wds.map(_Transform(self.transform, self.epoch), handler=counter), _AttachSkips(counter)]
         pipeline = wds.DataPipeline(*stages)
         quota = self.worker_quota(worker, workers)
         if quota is not None:
@@ -639,6 +765,7 @@ __all__ = [
     "key_number",
     "sample_captions",
     "shard_captions",
+    "tar_structure_problem",
     "main",
     "write_shards",
 ]
