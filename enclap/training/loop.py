@@ -505,6 +505,7 @@ class Trainer:
         The workers are not persistent: a pass starts them with the dataset as ``set_epoch`` left it, so
         each epoch's stream is that epoch's wherever the run was started or resumed.
         """
+        import torch
         from torch.utils.data import DataLoader
 
         dataset = self.task.train_dataset
@@ -518,6 +519,9 @@ class Trainer:
             num_workers=workers,
             worker_init_fn=ignore_signals_in_worker if workers else None,
             persistent_workers=False,
+            # Each pass draws its workers' base seed from this generator, not from the global RNG (SpecAugment's,
+            # dropout's): a run resumed mid-epoch starts its pass at another point of the global stream.
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + 1),
             pin_memory=self.device.type == "cuda",
         )
 

@@ -250,12 +250,12 @@ def train_from_shards(setup: dict, name: str, *extra: str):
 
     torch.set_num_threads(1)
     overrides = [
-        f"output_dir={setup['root'] / name}", "data.train_file=", "data.validation_file=", "data.audio_root=",
+        f"output_dir={setup['root'] / name}", "data.validation_file=''", "data.audio_root=''",
         f"data.train_shards={setup['pattern']}", "data.shard_epoch_samples=20", "data.shuffle_buffer=0",
         "model.clip_seconds=3.0", "train.train_batch_size=10", "train.progress=false", "train.lr_scheduler_type=constant",
         "train.num_warmup_steps=0", "train.checkpointing_steps=1", "train.checkpoints_total_limit=0", *extra,
     ]
-    return train_clap(load_clap_train_config(REPO / "cfg" / "clap" / "tiny.yaml", overrides))
+    return train_clap(load_clap_train_config(REPO / "cfg" / "clap" / "tiny_shards.yaml", overrides))
 
 
 @pytest.mark.slow
