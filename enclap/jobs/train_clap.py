@@ -1,7 +1,7 @@
 """Train a CLAP tower (contrastive audio-text) on captioned audio: manifests + audio in, a tower directory out.
 
     enclap-train-clap --config cfg/clap/tiny.yaml data.train_file=... data.audio_root=... output_dir=runs/clap
-    enclap-train-clap --config cfg/clap/tiny.yaml data.train_file= "data.train_shards=shards/data-{000000..000007}.tar" ...
+    enclap-train-clap --config cfg/clap/tiny_shards.yaml "data.train_shards=shards/data-{000000..000007}.tar" output_dir=...
     python -m enclap.jobs.train_clap --config cfg/clap/tiny.yaml key=value ...
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m enclap.jobs.train_clap --config ...
 
@@ -15,7 +15,8 @@ for HTS-AT; any hub id / directory of the text encoder, e.g. ``roberta-base``, `
 (:class:`~enclap.training.loop.LoopConfig`: checkpoints, exact resume, warm-up + cosine, mixed
 precision, logging); ``loss.local_loss`` / ``loss.gather_with_grad`` choose open_clip's variants;
 ``sync_batchnorm=true`` converts batch norm to SyncBatchNorm in multi-process runs (CNN14 has batch norm;
-torch's SyncBatchNorm runs on GPUs only).
+torch's SyncBatchNorm runs on GPUs only). ``data.train_shards`` streams the training pairs from webdataset
+shards instead of ``data.train_file`` (:mod:`enclap.data.shards`, ``docs/recipes/shards.md``).
 
 Outputs in ``output_dir``: ``training_config.yaml``, ``tokenizer/`` (when trained from the captions),
 ``checkpoints/step_<n>/``, ``train_log.jsonl`` + ``tensorboard/``, ``best/`` (best ``train.best_metric``,

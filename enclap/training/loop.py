@@ -78,9 +78,9 @@ from . import checkpoints as ckpt
 from .contract import (
     _SCHEDULES_USING_TOTAL,
     SCHEDULERS,
+    STREAM_SKIPPED_KEY,
     LoopConfig,
     LossTerms,
-    STREAM_SKIPPED_KEY,
     NonFiniteLossError,
     TrainingResult,
     TrainingTask,

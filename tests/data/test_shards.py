@@ -26,6 +26,7 @@ from enclap.data.shards import (
     write_shards,
 )
 from enclap.errors import AudioDecodeError, ConfigError, ManifestError
+from enclap.training.loop import LossTerms, TrainingTask
 
 from ..audio_helpers import tone, write_audio
 
@@ -282,5 +283,96 @@ def test_a_tiny_tower_trains_from_shards_skips_bad_samples_and_resumes_exactly(s
     a = load_file(str(whole.final_dir / "model.safetensors"))
     b = load_file(str(resumed.final_dir / "model.safetensors"))
     assert set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ------------------------------------------------------------------------------------------ the loop's streaming path
+class ToyStream(torch.utils.data.IterableDataset):
+    """The loop's streaming contract on toy data: a stream from (seed, epoch, process, worker); every 7th item 'bad'."""
+
+    def __init__(self, epoch_examples: int) -> None:
+        super().__init__()
+        self.epoch_examples = epoch_examples
+        self.epoch = 0
+        self.calls: list[tuple] = []
+
+    def set_stream(self, *, process_index, num_processes, batch_size, batches_per_epoch, num_workers):
+        self.calls.append((process_index, num_processes, batch_size, batches_per_epoch, num_workers))
+        self.rank, self.batch_size, self.batches = process_index, batch_size, batches_per_epoch
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.epoch, self.rank, worker])
+        wanted = self.batch_size * len(range(worker, self.batches, workers))
+        made = skipped = 0
+        while made < wanted:
+            x = rng.standard_normal(4).astype(np.float32)
+            if rng.integers(7) == 0:
+                skipped += 1
+                continue
+            made += 1
+            yield {"x": torch.from_numpy(x), "y": torch.tensor([x[0] - x[1], x[2] * x[3]]), SKIPPED_KEY: skipped}
+            skipped = 0
+
+
+class ToyRegressor(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
+
+    def forward(self, x, y):
+        return ((self.net(x) - y) ** 2).sum().reshape(1)
+
+
+def toy_collate(items):
+    return {"x": torch.stack([i["x"] for i in items]), "y": torch.stack([i["y"] for i in items])}
+
+
+class ToyStreamTask(TrainingTask):
+    def __init__(self, epoch_examples: int) -> None:
+        torch.manual_seed(0)
+        self.module = ToyRegressor()
+        self.loss_terms = LossTerms(weights=[1.0])
+        self.train_dataset = ToyStream(epoch_examples)
+        self.collate_fn = toy_collate
+
+    def counts(self, batch):
+        return torch.tensor([float(batch["x"].shape[0])], dtype=torch.float64)
+
+
+def run_toy(tmp_path: Path, name: str, **settings):
+    from enclap.training.loop import LoopConfig, run_training
+
+    config = LoopConfig(train_batch_size=6, learning_rate=0.05, lr_scheduler_type="constant", num_warmup_steps=0,
+                        checkpointing_steps="1", checkpoints_total_limit=0, report_to="none", progress=False,
+                        cpu=True, mixed_precision="no", dataloader_num_workers=0, **settings)
+    task = ToyStreamTask(epoch_examples=20)  # 3 global batches of 6 an epoch (2 examples left out)
+    return task, run_training(task, config, output_dir=tmp_path / name, seed=5)
+
+
+@pytest.mark.slow
+def test_the_loop_trains_a_streaming_set_and_resumes_it_mid_epoch_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from enclap.training.tracking import read_train_log
+
+    torch.set_num_threads(1)
+    task, whole = run_toy(tmp_path, "whole", num_train_epochs=2)
+    assert task.train_dataset.calls == [(0, 1, 6, 3, 0)]  # the geometry's micro-batch, batches from the declared length
+    assert whole.global_step == 6 and whole.total_steps == 6
+    assert whole.bad_samples > 0
+    log = [e for e in read_train_log(whole.output_dir) if e["type"] == "train"]
+    assert log[-1]["bad_samples_total"] == whole.bad_samples
+    _, part = run_toy(tmp_path, "resumed", max_train_steps=4)  # stops inside epoch 1
+    _, rest = run_toy(tmp_path, "resumed", num_train_epochs=2)
+    assert rest.resumed_from.name == "step_4" and rest.global_step == 6
+    assert rest.bad_samples == whole.bad_samples  # the dropped batches' bad samples are not counted twice
+    a = load_file(str(whole.last_checkpoint / "model.safetensors"))
+    b = load_file(str(rest.last_checkpoint / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
