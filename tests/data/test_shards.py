@@ -119,7 +119,12 @@ def test_declared_epoch_gives_every_process_its_batches(written):
         assert sum(b[SKIPPED_KEY] for b in batches) == 0
     resampled = ShardStream(written["pattern"], as_record, seed=3, resampled=True, epoch_examples=40)
     resampled.set_stream(process_index=0, num_processes=2, batch_size=4, batches_per_epoch=3, num_workers=2)
-    assert [len(b["keys"]) for b in DataLoader(resampled, batch_size=4, num_workers=2, collate_fn=collate)] == [4] * 3
+    first = [b["keys"] for b in DataLoader(resampled, batch_size=4, num_workers=2, collate_fn=collate)]
+    assert [len(keys) for keys in first] == [4] * 3
+    # resampling is seeded too: the same epoch again gives the same draws, the next epoch others
+    assert [b["keys"] for b in DataLoader(resampled, batch_size=4, num_workers=2, collate_fn=collate)] == first
+    resampled.set_epoch(1)
+    assert [b["keys"] for b in DataLoader(resampled, batch_size=4, num_workers=2, collate_fn=collate)] != first
 
 
 def test_a_stream_needs_a_shard_per_reader_unless_resampled(written):
