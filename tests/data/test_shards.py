@@ -360,7 +360,6 @@ def run_toy(tmp_path: Path, name: str, **settings):
     return task, run_training(task, config, output_dir=tmp_path / name, seed=5)
 
 
-@pytest.mark.slow
 def test_the_loop_trains_a_streaming_set_and_resumes_it_mid_epoch_exactly(tmp_path):
     from safetensors.torch import load_file
 
