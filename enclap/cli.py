@@ -90,6 +90,12 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def shards_main(argv: Sequence[str] | None = None) -> int:
+    from .data.shards import main
+
+    return main(argv)
+
+
 def web_main(argv: Sequence[str] | None = None) -> int:
     from .webapp import main
 

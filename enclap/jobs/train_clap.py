@@ -1,6 +1,7 @@
 """Train a CLAP tower (contrastive audio-text) on captioned audio: manifests + audio in, a tower directory out.
 
     enclap-train-clap --config cfg/clap/tiny.yaml data.train_file=... data.audio_root=... output_dir=runs/clap
+    enclap-train-clap --config cfg/clap/tiny_shards.yaml "data.train_shards=shards/data-{000000..000007}.tar" output_dir=...
     python -m enclap.jobs.train_clap --config cfg/clap/tiny.yaml key=value ...
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m enclap.jobs.train_clap --config ...
 
@@ -24,7 +25,8 @@ dot product, ``loss.temperature`` a fixed temperature instead of the learnt one;
 mixed per item with a subset of the annotated ones, soft targets from caption similarities; see
 enclap/training/clap.py and docs/recipes/unsupervised.md); ``model.init_from`` starts it from the teacher.
 ``sync_batchnorm=true`` converts batch norm to SyncBatchNorm in multi-process runs (CNN14 has batch norm;
-torch's SyncBatchNorm runs on GPUs only).
+torch's SyncBatchNorm runs on GPUs only). ``data.train_shards`` streams the training pairs from webdataset
+shards instead of ``data.train_file`` (:mod:`enclap.data.shards`, ``docs/recipes/shards.md``).
 
 Outputs in ``output_dir``: ``training_config.yaml``, ``tokenizer/`` (when trained from the captions),
 ``checkpoints/step_<n>/``, ``train_log.jsonl`` + ``tensorboard/``, ``best/`` (best ``train.best_metric``,
@@ -80,6 +82,12 @@ class ClapDataConfig:
     curated_audio_root: str = ""  # "" = audio_root
     curation_prob: float = 0.0  # probability that a training item is a curated pair instead of an annotated one
     subset_pct: float = 100.0  # percent of train_file's clips kept (a subset fixed by the seed), in (0, 100]
+    # Webdataset shards instead of train_file (enclap-shards write; LAION-CLAP's layout): a brace pattern
+    # "shards/data-{000000..000009}.tar", "a.tar::b.tar", or a list of patterns / files.
+    train_shards: Any = ""
+    shard_epoch_samples: int = 0  # declared examples per epoch; 0 = the samples the shards' sizes.json lists
+    shuffle_buffer: int = 1000  # samples shuffled together in each reader (0 or 1: shard order only)
+    resampled: bool = False  # draw shards with replacement per reader (multi-epoch runs on many shards/readers)
 
 
 @dataclass
@@ -140,10 +148,23 @@ class TrainClapConfig:
             problems.append("output_dir is required")
         if not 0 <= self.seed < 2**32:
             problems.append(f"seed must be in [0, 2**32 - 1], got {self.seed}")
-        if not self.data.train_file:
-            problems.append("data.train_file is required (a caption manifest)")
-        if not self.data.audio_root:
+        d = self.data
+        if not d.train_file and not d.train_shards:
+            problems.append("data.train_file (a caption manifest) or data.train_shards (webdataset shards) is required")
+        if d.train_file and d.train_shards:
+            problems.append("give data.train_file or data.train_shards, not both")
+        if d.train_shards and (d.curated_file or d.subset_pct < 100):
+            problems.append("data.curated_file / data.subset_pct mix manifest clips: write the annotated and curated "
+                            "pairs into the shards instead, or train from data.train_file")
+        if d.train_shards and self.model.text_encoder == "sentence_transformers":
+            problems.append("a Sentence-BERT tower (model.text_encoder=sentence_transformers) trains from data.train_file; "
+                            "streaming its cached caption vectors from shards is not supported")
+        if d.train_file and not d.audio_root:
             problems.append("data.audio_root is required (where the manifests' audio files are)")
+        if d.validation_file and not (d.audio_root or d.validation_audio_root):
+            problems.append("data.validation_file needs data.validation_audio_root or data.audio_root")
+        if d.shard_epoch_samples < 0 or d.shuffle_buffer < 0:
+            problems.append("data.shard_epoch_samples and data.shuffle_buffer must be >= 0")
         m, tok = self.model, self.tokenizer
         sbert = m.text_encoder == "sentence_transformers"
         if m.text_encoder not in ("transformers", "sentence_transformers"):
@@ -377,6 +398,7 @@ def train_clap(
     from ..clap.interop import export_transformers_clap, exports_as_transformers_clap
     from ..clap.loss import ClipLoss
     from ..training.clap import ClapAudioDataset, ClapAudioSource, ClapTask, ClapTrainDataset, annotated_subset
+    from ..training.clap_shards import clap_shard_stream
     from ..training.loop import make_accelerator, run_training
     from .train_captioner import _digest
 
@@ -388,13 +410,22 @@ def train_clap(
     is_main = accelerator.is_main_process
     output_dir = Path(config.output_dir).expanduser()
     data = config.data
-    train_source = ClapAudioSource(data.train_file, data.audio_root)  # every clip's audio file is found up front
+    shards = None
+    if data.train_shards:
+        from ..data.shards import expand_shards, read_shard_sizes
+
+        patterns = data.train_shards if isinstance(data.train_shards, str) else [str(p) for p in data.train_shards]
+        shards = expand_shards(patterns)
+        sizes = read_shard_sizes(shards) if not data.shard_epoch_samples else {}
+        train_source = None
+    else:
+        train_source = ClapAudioSource(data.train_file, data.audio_root)  # every clip's audio file is found up front
     curated_source = None
     if data.curated_file:
         curated_source = ClapAudioSource(data.curated_file, data.curated_audio_root or data.audio_root)
         if len(curated_source) == 0:
             raise ConfigError(f"data.curated_file {data.curated_file}: no curated pairs in it")
-    subset = annotated_subset(len(train_source), data.subset_pct, config.seed)
+    subset = annotated_subset(len(train_source), data.subset_pct, config.seed) if train_source is not None else None
     val_source = None
     if data.validation_file:
         val_source = ClapAudioSource(data.validation_file, data.validation_audio_root or data.audio_root)
@@ -405,6 +436,13 @@ def train_clap(
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(config.seed)  # the same initial tower on every process
+    def train_captions() -> list[str]:
+        if train_source is not None:
+            return [c for caps in train_source.captions for c in caps]
+        from ..data.shards import shard_captions
+
+        return [c for caps in shard_captions(shards) for c in caps]
+
     sentence_table = None
     if config.model.text_encoder == "sentence_transformers" or (config.model.init_from and not config.tokenizer.name_or_path
                                                                and _is_sentence_tower(config.model.init_from)):
@@ -412,7 +450,7 @@ def train_clap(
 
         tokenizer = None
         tower = build_tower(config)
-        captions = [c for caps in train_source.captions for c in caps]
+        captions = train_captions()
         captions += [c for caps in val_source.captions for c in caps] if val_source is not None else []
         sentence_table = cached_sentence_embeddings(
             tower.sentence_encoder, captions, config.model.text_cache_dir or None, accelerator=accelerator,
@@ -420,7 +458,7 @@ def train_clap(
         )
         tower.sentence_embedding_table = sentence_table  # validation reads its captions' vectors here
     else:
-        tokenizer = build_tower_tokenizer(config, [c for caps in train_source.captions for c in caps], is_main=is_main)
+        tokenizer = build_tower_tokenizer(config, train_captions() if config.tokenizer.train_from_captions else [], is_main=is_main)
         accelerator.wait_for_everyone()
         tower = build_tower(config)
         tower.tokenizer = tokenizer
@@ -440,7 +478,13 @@ def train_clap(
     config_text = OmegaConf.to_yaml(OmegaConf.structured(config))
     fingerprint = {
         "tower": json.loads(tower.config.to_json_string(use_diff=False)) | {"_name_or_path": ""},
-        "data": {"clips": len(train_source), "digest": _digest([[k, *c] for k, c in zip(train_source.keys, train_source.captions)])},
+        "data": (
+            {"clips": len(train_source), "digest": _digest([[k, *c] for k, c in zip(train_source.keys, train_source.captions)])}
+            if train_source is not None else
+            {"shards": _digest([Path(u).name for u in shards]), "sizes": _digest(sorted(sizes.items())) if sizes else None,
+             "epoch_examples": data.shard_epoch_samples or sum(sizes.values()), "resampled": data.resampled,
+             "shuffle_buffer": data.shuffle_buffer}
+        ),
         "tokenizer": _digest(sorted(tokenizer.get_vocab().items())) if tokenizer is not None else None,
         "loss": {"local_loss": config.loss.local_loss, "gather_with_grad": config.loss.gather_with_grad},
     }
@@ -469,7 +513,9 @@ def train_clap(
         ClapTrainDataset(train_source, tower.config, tokenizer, config.seed, subset=subset, curated=curated_source,
                          curation_prob=data.curation_prob, teacher_tokenizer=teacher_tokenizer,
                          teacher_max_text_length=teacher.config.max_text_length if teacher is not None else None,
-                         sentence_table=sentence_table),
+                         sentence_table=sentence_table) if train_source is not None else
+        clap_shard_stream(shards, tower.config, tokenizer, config.seed, resampled=data.resampled,
+                          shuffle_buffer=data.shuffle_buffer, epoch_examples=data.shard_epoch_samples or None),
         ClapAudioDataset(val_source, tower.config, seed=config.seed) if val_source is not None else None,
         loss=ClipLoss(local_loss=config.loss.local_loss, gather_with_grad=config.loss.gather_with_grad,
                       similarity=config.loss.similarity),

@@ -34,6 +34,10 @@ SCHEDULERS = (
 _SCHEDULES_USING_TOTAL = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
+# What a streaming training set's examples carry: the bad samples it skipped before each (see TrainingTask).
+STREAM_SKIPPED_KEY = "__skipped__"
+
+
 class NonFiniteLossError(EnclapError):
     """The loss or the gradient norm became NaN or infinite; the weights were not updated."""
 
@@ -199,6 +203,16 @@ class TrainingTask:
     - ``loss_terms``: the weights and named groups of those terms.
     - ``train_dataset`` / ``val_dataset``: map-style data sets; training items are ``(epoch, index)``,
       validation items plain indices. ``collate_fn`` batches their items into dicts of tensors.
+      A *streaming* training set is a ``torch.utils.data.IterableDataset`` with ``epoch_examples`` (the
+      declared global length of an epoch), ``set_stream(process_index=, num_processes=, batch_size=,
+      batches_per_epoch=, num_workers=)`` (called once) and ``set_epoch(epoch)`` (before each pass). Each
+      process's stream must yield ``batches_per_epoch * batch_size`` examples an epoch, split over its
+      DataLoader workers as batches are taken round-robin from them, and be a function of (its seed,
+      epoch, process, worker) alone: then a run resumed at an epoch boundary reads what an uninterrupted
+      one does, and one resumed mid-epoch skips exactly the batches already trained on (they are read
+      again and dropped). An example may carry :data:`STREAM_SKIPPED_KEY`: the bad samples the stream
+      skipped before it; the loop sums them over processes, logs the total (``bad_samples_total``) and
+      reports it in :class:`TrainingResult`. See :class:`enclap.data.shards.ShardStream`.
     - ``counts(batch)``: ``(num_terms,)`` float64: how many items each term's sum runs over.
     - ``example_lengths()`` (optional): one length per training example, for ``length_bucketing``.
 
@@ -287,6 +301,7 @@ class TrainingResult:
     geometry: BatchGeometry | None = None
     best_checkpoint: Path | None = None
     stopped_early: str | None = None  # why early stopping ended the run (status stays "completed")
+    bad_samples: int | None = None  # streaming training sets: bad samples skipped over the whole run
 
     def summary(self) -> str:
         """One line: the steps, the effective global batch, the final and best models."""
@@ -295,6 +310,8 @@ class TrainingResult:
             line += f" (stopped early: {self.stopped_early})"
         if self.geometry is not None:
             line += f" ({self.geometry.describe()})"
+        if self.bad_samples:
+            line += f"; {self.bad_samples} bad training sample(s) skipped"
         if self.final_dir is not None:
             line += f"; final model: {self.final_dir}"
         if self.best:

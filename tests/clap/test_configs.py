@@ -26,7 +26,8 @@ NOT_TRAINING = {"unsupervised_demo.yaml"}
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CFG.glob("*.yaml") if p.name not in NOT_TRAINING))
 def test_configs_resolve(name):
-    config = load_clap_train_config(CFG / name, PATHS + REQUIRED.get(name, []))
+    paths = ["output_dir=x"] if name == "tiny_shards.yaml" else PATHS  # (its shards replace data.train_file)
+    config = load_clap_train_config(CFG / name, paths + REQUIRED.get(name, []))
     if config.model.text_encoder == "sentence_transformers":  # the Sentence-BERT's size is known once it is loaded
         tower = tower_config_from(config.model, sentence_transformer=config.model.text_weights, text_embedding_dim=768)
     else:
