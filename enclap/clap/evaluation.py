@@ -142,7 +142,12 @@ def class_embeddings(text_embedder: Any, labels: Sequence[str], templates: Seque
 
 # ------------------------------------------------------------------------------------------ labelled audio
 def read_labelled_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows ``{file, label, fold}`` of ESC-50's esc50.csv (filename, fold, category) or a ``file,label[,fold]`` CSV."""
+    """Rows ``{file, label, fold, source, target, line}`` of ESC-50's esc50.csv or a ``file,label[,fold][,source]`` CSV.
+
+    ESC-50 (``filename,fold,target,category,esc10,src_file,take``): ``source`` is ``src_file`` (the
+    freesound recording the clip was cut from), ``target`` the class index. A generic CSV may have a
+    ``source`` column (clips of one recording); absent columns read as ``""``. ``line`` is the CSV line.
+    """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -152,18 +157,21 @@ def read_labelled_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     except (OSError, UnicodeDecodeError) as err:
         raise ManifestError(path, [f"cannot be read ({err})"]) from err
     if {"filename", "fold", "category"} <= set(header):
-        columns = ("filename", "category", "fold")
+        columns = ("filename", "category", "fold", "src_file" if "src_file" in header else None, "target")
     elif {"file", "label"} <= set(header):
-        columns = ("file", "label", "fold" if "fold" in header else None)
+        columns = ("file", "label", "fold" if "fold" in header else None, "source" if "source" in header else None, None)
     else:
-        raise ManifestError(path, [f"header {header}: expected ESC-50's filename,fold,...,category or file,label[,fold]"])
+        missing = "a 'label' column" if "file" in header else "a 'file' column" if "label" in header else "its columns"
+        raise ManifestError(path, [f"header {header} lacks {missing}: expected ESC-50's filename,fold,target,category,..."
+                                   ",src_file,take or file,label[,fold][,source]"])
     problems, out = [], []
     for line, row in enumerate(rows, start=2):
         file, label = (row.get(columns[0]) or "").strip(), (row.get(columns[1]) or "").strip()
         if not file or not label:
             problems.append(f"line {line}: empty file or label")
             continue
-        out.append({"file": file, "label": label, "fold": (row.get(columns[2]) or "").strip() if columns[2] else ""})
+        out.append({"file": file, "label": label, "line": str(line),
+                    **{key: (row.get(column) or "").strip() if column else "" for key, column in zip(("fold", "source", "target"), columns[2:])}})
     if not out and not problems:
         problems.append("no rows")
     if problems:
