@@ -105,7 +105,10 @@ def predict_logits(
     out = np.zeros((len(indices), classifier.config.num_labels), dtype=np.float32)
     if not indices:
         return out
-    loader = DataLoader(dataset, sampler=indices, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_labelled)
+    # its own generator: a loader left to draw its seed from the global RNG would move the training's dropout
+    # stream at every validation, and a resumed run (validating at other moments) would diverge
+    loader = DataLoader(dataset, sampler=indices, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_labelled,
+                        generator=torch.Generator().manual_seed(0))
     device = next(classifier.parameters()).device
     was_training = classifier.training
     classifier.eval()

@@ -334,3 +334,81 @@ def test_crossval_writes_every_fold_and_the_mean_and_sd(tmp_path):
     assert summary["accuracy_mean"] == pytest.approx(np.mean(accuracies))
     assert summary["accuracy_sd"] == pytest.approx(np.std(accuracies, ddof=1))
     assert all(summary["folds"][f"fold{k}"]["clips"] == 24 for k in (1, 2, 3))
+
+
+def write_esc50_tree(root: Path, rng: np.random.Generator) -> Path:
+    """A miniature ESC-50 (meta/esc50.csv + audio/) whose four classes are the tone / noise / click kinds."""
+    path = write_esc50_csv(root / "meta" / "esc50.csv", sources_per_class=2, takes=(1, 2))
+    for clip in read_labelled(path):
+        write_audio(root / "audio" / clip.file, _sound(CATEGORIES.index(clip.label), rng), 16000, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.slow
+def test_esc50_config_linear_probe_on_a_tower_directory_changes_the_head_alone(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    esc50 = write_esc50_tree(tmp_path / "ESC-50", np.random.default_rng(2))
+    tower = tiny_tower("cnn14")
+    tower.save_pretrained(tmp_path / "tower")
+    out = tmp_path / "run"
+    overrides = [f"output_dir={out}", f"data.labels_file={esc50}", f"data.audio_root={tmp_path / 'ESC-50' / 'audio'}",
+                 f"model.init_from={tmp_path / 'tower'}", "train.max_train_steps=3", "train.dataloader_num_workers=0",
+                 "train.report_to=none", "train.progress=false", "train.num_warmup_steps=0", "train.learning_rate=1e-2"]
+    config = load_classifier_train_config(REPO / "cfg/clap/classifier_esc50.yaml", overrides)
+    assert config.model.freeze_encoder and config.model.features == "projection" and config.split.mode == "esc50_fold5"
+    (run,) = train_classifier(config)
+    assert run.result.status == "completed" and run.test_report is not None
+    assert run.test_report["class_names"] == CATEGORIES
+    fold5 = [c for c in read_labelled(esc50) if c.fold == "5"]
+    assert 0 < run.test_report["clips"] < len(fold5)
+    trained = load_file(str(out / "final" / "model.safetensors"))
+    start = tower.state_dict()
+    for key, value in trained.items():
+        if key.startswith("classifier."):
+            continue
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0, msg=key)  # weights and batch-norm statistics alike
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)  # the head the job started from
+    untrained = ClapClassifierModel.from_tower(tower, CATEGORIES, freeze_encoder=True).classifier.weight.detach()
+    assert untrained.shape == trained["classifier.weight"].shape
+    assert not torch.allclose(trained["classifier.weight"], untrained)  # the head trained
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from enclap.training.classifier import ClassifierLossModule
+
+    torch.set_num_threads(1)
+    csvs = write_labelled_tones(tmp_path, {"train": 6, "valid": 2})
+    common = ["split.mode=files", f"data.train_file={csvs['train']}", f"data.validation_file={csvs['valid']}",
+              f"data.audio_root={tmp_path / 'audio'}", *TINY_OVERRIDES, "train.lr_scheduler_type=constant", "train.num_warmup_steps=0",
+              "train.train_batch_size=8", "train.max_train_steps=5", "train.checkpoints_total_limit=0"]
+    whole = tmp_path / "whole"
+    train_classifier(load_classifier_train_config(None, [f"output_dir={whole}", *common]))
+    parts = tmp_path / "parts"
+    forward, calls = ClassifierLossModule.forward, []
+
+    def forward_then_stop(self, *args, **kwargs):
+        calls.append(self.training)
+        if sum(calls) == 2:  # the second training forward: stopped mid-epoch (3 steps per epoch), as a killed job is
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassifierLossModule, "forward", forward_then_stop)
+    first = train_classifier(load_classifier_train_config(None, [f"output_dir={parts}", *common]))
+    assert first[0].result.status == "interrupted" and first[0].result.global_step == 2
+    monkeypatch.setattr(ClassifierLossModule, "forward", forward)
+    second = train_classifier(load_classifier_train_config(None, [f"output_dir={parts}", *common]))
+    assert second[0].result.resumed_from is not None and second[0].result.global_step == 5
+    a, b = load_file(str(whole / "final" / "model.safetensors")), load_file(str(parts / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
