@@ -303,6 +303,10 @@ def test_tiny_classifier_beats_chance_and_evaluate_reproduces_its_report(tmp_pat
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["accuracy"] == report["accuracy"] and again["confusion_matrix"] == report["confusion_matrix"]
     assert "accuracy" in capsys.readouterr().out
+    odd = tmp_path / "odd.csv"
+    odd.write_text(f"file,label\n{csvs['test'].read_text().splitlines()[1].split(',')[0]},trumpet\n")
+    assert main(["evaluate", "--model", str(out / "best"), "--labels", str(odd), "--audio-root", str(tmp_path / "audio")]) == 2
+    assert "line 2: label 'trumpet' is not a class" in capsys.readouterr().err
     # rerunning the finished run trains nothing more
     rerun = train_classifier(load_classifier_train_config(REPO / "cfg/clap/classifier_tiny.yaml", overrides))
     assert rerun[0].result.global_step == 45 and rerun[0].result.resumed_from is not None
