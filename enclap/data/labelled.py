@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -104,7 +103,7 @@ def class_names(clips: Sequence[LabelledClip]) -> list[str]:
 
 def resolve_audio(clips: Sequence[LabelledClip], audio_root: str | os.PathLike, csv_path: str | os.PathLike) -> list[str]:
     """Every clip's audio file under ``audio_root``, checked up front; all missing files are listed at once."""
-    from ..data.manifest import resolve_audio_path
+    from .manifest import resolve_audio_path
     from ..errors import AudioError
 
     paths, problems = [], []
