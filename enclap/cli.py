@@ -54,6 +54,12 @@ def train_clap_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def train_classifier_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.train_classifier import main
+
+    return main(argv)
+
+
 def search_main(argv: Sequence[str] | None = None) -> int:
     from .jobs.search import main
 

@@ -143,8 +143,13 @@ def class_embeddings(text_embedder: Any, labels: Sequence[str], templates: Seque
 
 # ------------------------------------------------------------------------------------------ labelled audio
 def read_labelled_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows ``{file, label, fold}`` of a label manifest: ESC-50's esc50.csv, UrbanSound8K's, a TUT meta.txt or a
-    ``file,label[,fold]`` CSV (see :func:`enclap.clap.zeroshot_suite.read_labelled_set`)."""
+    """Rows ``{file, label, fold, source, target, line}`` of a label manifest: ESC-50's esc50.csv, UrbanSound8K's,
+    a TUT meta.txt or a ``file,label[,fold][,source]`` CSV (see :func:`enclap.clap.zeroshot_suite.read_labelled_set`).
+
+    ``source`` is the recording a clip was cut from (ESC-50's ``src_file``, UrbanSound8K's ``fsID``, a generic
+    CSV's ``source`` column; ``""`` when unknown), ``target`` the class index where the set has one, ``line``
+    the manifest line.
+    """
     from .zeroshot_suite import read_labelled_set
 
     return read_labelled_set(path).rows

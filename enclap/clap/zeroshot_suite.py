@@ -55,7 +55,7 @@ STYLES = ("esc50", "urbansound8k", "tut", "generic")
 EXPECTED_FORMATS = (
     "ESC-50's meta/esc50.csv (filename,fold,...,category), UrbanSound8K's metadata/UrbanSound8K.csv "
     "(slice_file_name,...,fold,classID,class), a TUT meta.txt / evaluation_setup file (filename<TAB>scene_label), "
-    "or a file,label[,fold] CSV"
+    "or a file,label[,fold][,source] CSV"
 )
 
 
@@ -95,14 +95,18 @@ def _read_csv_set(path: Path, text: str) -> tuple[str, list[dict[str, str]]]:
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
+    # the source column names the recording a clip was cut from (ESC-50's freesound src_file, UrbanSound8K's
+    # fsID): clips of one source must stay on one side of a train/test split
     if {"filename", "fold", "category"} <= set(header):
-        style, file_col, label_col, fold_col = "esc50", "filename", "category", "fold"
+        style, file_col, label_col, fold_col, source_col, target_col = "esc50", "filename", "category", "fold", "src_file", "target"
     elif {"slice_file_name", "fold", "class"} <= set(header):
-        style, file_col, label_col, fold_col = "urbansound8k", "slice_file_name", "class", "fold"
+        style, file_col, label_col, fold_col, source_col, target_col = "urbansound8k", "slice_file_name", "class", "fold", "fsID", "classID"
     elif {"file", "label"} <= set(header):
-        style, file_col, label_col, fold_col = "generic", "file", "label", "fold" if "fold" in header else None
+        style, file_col, label_col = "generic", "file", "label"
+        fold_col, source_col, target_col = "fold" if "fold" in header else None, "source", None
     else:
-        raise ManifestError(path, [f"header {header}: expected {EXPECTED_FORMATS}"])
+        missing = "a 'label' column" if "file" in header else "a 'file' column" if "label" in header else "its columns"
+        raise ManifestError(path, [f"header {header} lacks {missing}: expected {EXPECTED_FORMATS}"])
     rows, problems = [], []
     for line, row in enumerate(reader, start=2):
         file, label = (row.get(file_col) or "").strip(), (row.get(label_col) or "").strip()
@@ -118,7 +122,9 @@ def _read_csv_set(path: Path, text: str) -> tuple[str, list[dict[str, str]]]:
         if fold_col and style != "generic" and not fold:
             problems.append(f"line {line}: empty fold")
             continue
-        rows.append({"file": file, "label": label, "fold": fold})
+        rows.append({"file": file, "label": label, "fold": fold, "line": str(line),
+                     "source": (row.get(source_col) or "").strip() if source_col else "",
+                     "target": (row.get(target_col) or "").strip() if target_col else ""})
     return style, _finish(path, rows, problems)
 
 
@@ -133,7 +139,7 @@ def _read_tut_file(path: Path, text: str, fold: str = "") -> list[dict[str, str]
         if len(fields) < 2 or not fields[0] or not fields[1]:
             problems.append(f"line {line}: expected filename<TAB>scene_label, got {raw[:80]!r}")
             continue
-        rows.append({"file": fields[0], "label": fields[1], "fold": fold})
+        rows.append({"file": fields[0], "label": fields[1], "fold": fold, "line": str(line), "source": "", "target": ""})
     return _finish(path, rows, problems)
 
 

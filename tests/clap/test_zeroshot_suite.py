@@ -29,6 +29,11 @@ RATE = 16000
 TEMPLATES = ("a {label}", "{label} is heard")
 
 
+
+def _core(rows):
+    """The rows' file, label and fold (the readers also give source, target and line)."""
+    return [{k: r[k] for k in ("file", "label", "fold")} for r in rows]
+
 def _clip(path: Path, seed: int) -> None:
     """Half a second of a seeded tone plus noise: every clip different, so accuracies are not all alike."""
     rng = np.random.default_rng(seed)
@@ -105,30 +110,32 @@ def test_readable_labels():
 def test_each_manifest_style_parses(sets):
     esc = read_labelled_set(sets["esc"] / "meta" / "esc50.csv")
     assert esc.style == "esc50" and esc.default_audio_root == sets["esc"]
-    assert esc.rows == [{"file": n, "label": label, "fold": str(f)} for n, f, _, label in sets["esc_rows"]]
+    assert _core(esc.rows) == [{"file": n, "label": label, "fold": str(f)} for n, f, _, label in sets["esc_rows"]]
     assert read_labelled_set(sets["esc"]).rows == esc.rows  # the data set's root finds its manifest
+    assert [(r["source"], r["target"]) for r in esc.rows] == [("1", str(c)) for _, _, c, _ in sets["esc_rows"]]  # src_file
 
     us = read_labelled_set(sets["us"] / "metadata" / "UrbanSound8K.csv")
     assert us.style == "urbansound8k" and us.default_audio_root == sets["us"]
-    assert us.rows == [{"file": f"fold{f}/{n}", "label": label, "fold": str(f)} for n, f, _, label in sets["us_rows"]]
+    assert _core(us.rows) == [{"file": f"fold{f}/{n}", "label": label, "fold": str(f)} for n, f, _, label in sets["us_rows"]]
+    assert [(r["source"], r["target"]) for r in us.rows] == [(n.split("-")[0], str(c)) for n, _, c, _ in sets["us_rows"]]  # fsID
 
     meta = read_labelled_set(sets["tut"] / "meta.txt")
     assert meta.style == "tut" and meta.default_audio_root == sets["tut"]
-    assert meta.rows == [{"file": n, "label": s, "fold": ""} for n, s in sets["tut_rows"]]
+    assert _core(meta.rows) == [{"file": n, "label": s, "fold": ""} for n, s in sets["tut_rows"]]
     folds = read_labelled_set(sets["tut"] / "evaluation_setup")
     assert folds.default_audio_root == sets["tut"]
-    assert folds.rows == [{"file": n, "label": s, "fold": "1" if i < 3 else "2"} for i, (n, s) in enumerate(sets["tut_rows"])]
+    assert _core(folds.rows) == [{"file": n, "label": s, "fold": "1" if i < 3 else "2"} for i, (n, s) in enumerate(sets["tut_rows"])]
     one_fold = read_labelled_set(sets["tut"] / "evaluation_setup" / "fold2_evaluate.txt")
     assert [r["file"] for r in one_fold.rows] == [n for n, _ in sets["tut_rows"][3:]] and one_fold.default_audio_root == sets["tut"]
 
     generic = read_labelled_set(sets["generic"] / "labels.csv")
-    assert generic.style == "generic" and generic.rows == [{"file": n, "label": label, "fold": ""} for n, label in sets["generic_rows"]]
+    assert generic.style == "generic" and _core(generic.rows) == [{"file": n, "label": label, "fold": ""} for n, label in sets["generic_rows"]]
 
 
 def test_dcase_2018_style_header_is_skipped(tmp_path):
     meta = tmp_path / "meta.csv"
     meta.write_text("filename\tscene_label\tidentifier\tsource_label\naudio/airport-a.wav\tairport\tbarcelona-0\ta\n")
-    assert read_labelled_set(meta).rows == [{"file": "audio/airport-a.wav", "label": "airport", "fold": ""}]
+    assert _core(read_labelled_set(meta).rows) == [{"file": "audio/airport-a.wav", "label": "airport", "fold": ""}]
 
 
 def _hand_zero_shot(tower_dir: Path, rows: list[dict[str, str]], audio_root: Path) -> tuple[float, float]:
