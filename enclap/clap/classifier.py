@@ -194,14 +194,9 @@ class ClapClassifierModel(PreTrainedModel):
 
     def audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
         """What the head reads: the unnormalised projected embedding, or the encoder's pooled output."""
-        from .modeling import Cnn14
+        from .modeling import pooled_audio_output
 
-        if isinstance(self.audio_model, Cnn14):
-            pooled = self.audio_model.embed(input_features)
-        else:
-            if is_longer is None:
-                is_longer = torch.zeros((input_features.shape[0], 1), dtype=torch.bool, device=input_features.device)
-            pooled = self.audio_model(input_features=input_features, is_longer=is_longer).pooler_output
+        pooled = pooled_audio_output(self.audio_model, input_features, is_longer)
         return self.audio_projection(pooled) if self.audio_projection is not None else pooled
 
     def forward(

@@ -220,6 +220,18 @@ def _load_strict(module: nn.Module, state: dict, where: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the tower
+def pooled_audio_output(
+    audio_model: nn.Module, input_features: torch.Tensor, is_longer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The audio encoder's pooled output before any projection: CNN14's embedding of waveforms, or HTS-AT's
+    pooler output of mels (``is_longer`` defaults to all False: no fusion)."""
+    if isinstance(audio_model, Cnn14):
+        return audio_model.embed(input_features)
+    if is_longer is None:
+        is_longer = torch.zeros((input_features.shape[0], 1), dtype=torch.bool, device=input_features.device)
+    return audio_model(input_features=input_features, is_longer=is_longer).pooler_output
+
+
 class ClapProjection(nn.Module):
     """LAION's projection (``linear1`` -> ReLU -> ``linear2``) or a single ``linear1``."""
 
@@ -320,13 +332,7 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
 
     def audio_embedding(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised audio embeddings: HTS-AT mels (+ is_longer) or CNN14 waveforms -> (batch, projection_dim)."""
-        if isinstance(self.audio_model, Cnn14):
-            pooled = self.audio_model.embed(input_features)
-        else:
-            if is_longer is None:
-                is_longer = torch.zeros((input_features.shape[0], 1), dtype=torch.bool, device=input_features.device)
-            pooled = self.audio_model(input_features=input_features, is_longer=is_longer).pooler_output
-        return self.audio_projection(pooled)
+        return self.audio_projection(pooled_audio_output(self.audio_model, input_features, is_longer))
 
     def text_embedding(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                        sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
