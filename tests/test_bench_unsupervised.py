@@ -30,7 +30,10 @@ def test_seeds_set_the_data_and_both_trainings_and_variants_differ_only_in_the_s
         assert (config.data, config.teacher, config.curation, config.student.overrides) == \
                (first.data, first.teacher, first.curation, first.student.overrides)
     # the full scale is the recipe config's own (epochs and data untouched), still one seed each
+    from enclap.jobs.train_clap import load_clap_train_config
     from enclap.jobs.unsupervised import load_unsupervised_config
+
+    assert load_clap_train_config(bench.TOWER_CONFIG, []).seed == bench.TRAIN_SEED  # seed 0 trains as the demo does
 
     demo = load_unsupervised_config(bench.RECIPE_CONFIG, [f"teacher.config={bench.TOWER_CONFIG}", f"student.config={bench.TOWER_CONFIG}"])
     full = bench.recipe_config(1, bench.FULL, tmp_path / "full")
