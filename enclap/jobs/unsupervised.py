@@ -106,7 +106,7 @@ class RecipeCurationConfig:
 class RecipeStudentConfig:
     config: str = "cfg/clap/tiny.yaml"  # the CLAP training config of the student
     init: str = "teacher"  # teacher | scratch
-    curation_prob: float = 0.5  # the paper's default (softclap_train.yaml)
+    curation_prob: float = 0.5  # the paper's default (softclap_train.yaml); 0 = replay only (a control)
     subset_pct: float = 100.0
     softclap_beta: float = 0.3  # the paper's default; 0 = plain CLAP
     softclap_text: str = "teacher"  # teacher | self
@@ -142,8 +142,8 @@ class UnsupervisedConfig:
             problems.append(f"curation.prompt must contain '{{label}}', got {c.prompt!r}")
         if s.init not in INITS:
             problems.append(f"student.init must be one of {', '.join(INITS)}, got {s.init!r}")
-        if not 0.0 < s.curation_prob <= 1.0:
-            problems.append(f"student.curation_prob must be in (0, 1] (the student trains on curated pairs), got {s.curation_prob}")
+        if not 0.0 <= s.curation_prob <= 1.0:
+            problems.append(f"student.curation_prob must be in [0, 1] (0 = replay only), got {s.curation_prob}")
         if not 0.0 < s.subset_pct <= 100.0:
             problems.append(f"student.subset_pct must be in (0, 100], got {s.subset_pct}")
         if not 0.0 <= s.softclap_beta <= 1.0:
@@ -444,8 +444,9 @@ class Recipe:
     def student_config(self):
         s, layout = self.config.student, self.layout
         teacher = self.teacher_tower()
-        extra = [f"data.curated_file={layout.curated}", f"data.curated_audio_root={layout.audio}",
-                 f"data.curation_prob={s.curation_prob}", f"data.subset_pct={s.subset_pct}",
+        # curation_prob=0 is the replay-only control: the same training without the curated pairs
+        extra = [f"data.curated_file={layout.curated}", f"data.curated_audio_root={layout.audio}"] if s.curation_prob > 0 else []
+        extra += [f"data.curation_prob={s.curation_prob}", f"data.subset_pct={s.subset_pct}",
                  f"loss.softclap_beta={s.softclap_beta}", f"loss.softclap_text={s.softclap_text}",
                  f"loss.softclap_teacher={teacher}"]
         if s.init == "teacher":

@@ -90,7 +90,7 @@ def test_recipe_runs_end_to_end_and_reports_teacher_and_student(tmp_path, capsys
 
 def test_bad_recipe_settings_are_refused(tmp_path, capsys):
     for override, message in (("curation.method=banana", "curation.method must be one of"),
-                              ("student.curation_prob=0", r"student.curation_prob must be in \(0, 1\]"),
+                              ("student.curation_prob=1.5", r"student.curation_prob must be in \[0, 1\]"),
                               ("student.subset_pct=0", r"student.subset_pct must be in \(0, 100\]"),
                               ("student.softclap_beta=1.5", r"student.softclap_beta must be in \[0, 1\]"),
                               ("student.init=banana", "student.init must be one of"),
@@ -104,3 +104,18 @@ def test_bad_recipe_settings_are_refused(tmp_path, capsys):
     assert main(["--config", str(DEMO), f"teacher.config={TINY}", f"student.config={TINY}", "--force", "bogus",
                  f"output_dir={tmp_path / 'x'}"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_curation_prob_zero_is_the_replay_only_control(tmp_path):
+    """student.curation_prob=0: the student trains on the annotated set alone (no curated manifest given to it),
+    otherwise as the curated student; the default mixes the curated pairs in."""
+    from enclap.jobs.unsupervised import Recipe
+
+    settings = [f"output_dir={tmp_path}", f"teacher.config={TINY}", f"student.config={TINY}"]
+    replay = Recipe(load_unsupervised_config(DEMO, [*settings, "student.curation_prob=0", "student.softclap_beta=0"])).student_config()
+    curated = Recipe(load_unsupervised_config(DEMO, [*settings, "student.softclap_beta=0"])).student_config()
+    assert (replay.data.curated_file, replay.data.curation_prob) == ("", 0.0)
+    assert (curated.data.curated_file, curated.data.curation_prob) == (str(tmp_path / "curated.csv"), 0.5)
+    assert replay.data.train_file == curated.data.train_file == str(tmp_path / "splits" / "annotated.csv")
+    assert (replay.train.num_train_epochs, replay.train.learning_rate) == (curated.train.num_train_epochs, curated.train.learning_rate)
+    assert replay.model.init_from == curated.model.init_from == str(tmp_path / "teacher" / "final")
