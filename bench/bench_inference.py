@@ -34,6 +34,7 @@ import numpy as np
 CACHE = Path(__file__).resolve().parent / ".cache" / "inference"
 CAPTION_TOKENS = 20
 MODES = ("truncate", "windows", "timestamped")
+TRIM_REPEATS = 3  # runs with and without release_freed_memory: the untrimmed peak varies from run to run
 
 _CHILD = """
 import json, os, sys, time
@@ -189,9 +190,14 @@ def main(quick: bool = False) -> str:
     for mode in MODES:
         for name, path in recordings.items():
             runs[mode, name] = _run_cli(checkpoint, path, mode, CACHE / f"out_{mode}_{path.stem}.jsonl", default_batch)
-    # What release_freed_memory buys: windows mode on the longest file with it disabled.
-    untrimmed = _run_cli(checkpoint, recordings[list(recordings)[-1]], "windows",
-                         CACHE / f"out_untrimmed_{recordings[list(recordings)[-1]].stem}.jsonl", default_batch, trim=False)
+    # What release_freed_memory buys: windows mode on the longest file with and without it, alternating, several
+    # times (without it the peak depends on how the heap happened to fragment: it varies from run to run).
+    longest = recordings[list(recordings)[-1]]
+    trim_runs: dict[bool, list[dict]] = {True: [], False: []}
+    for repeat in range(1 if quick else TRIM_REPEATS):
+        for trim in (False, True):
+            trim_runs[trim].append(_run_cli(checkpoint, longest, "windows", CACHE / f"out_trim{int(trim)}_{repeat}_{longest.stem}.jsonl",
+                                            default_batch, trim=trim))
     # The peak is set by the windows captioned together (a 30 s file fills a batch with 3): the same files in
     # timestamped mode at other batch sizes.
     other_batches = tuple(b for b in ((2, 8) if quick else (4, 8, 16)) if b != default_batch)
@@ -234,14 +240,19 @@ def main(quick: bool = False) -> str:
             cells.append(f"{run['maxrss_kb'] / 1024:.0f} | {run['seconds']:.1f} s{windows}")
         ratio = runs[mode, names[-1]]["maxrss_kb"] / runs[mode, names[0]]["maxrss_kb"]
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
-    trimmed = runs["windows", names[-1]]
+    base = runs["windows", names[0]]["maxrss_kb"]
+
+    def peaks(trim: bool) -> str:
+        values = [r["maxrss_kb"] for r in trim_runs[trim]]
+        seconds = sum(r["seconds"] for r in trim_runs[trim]) / len(values)
+        return (" / ".join(f"{v / 1024:.0f}" for v in values) + f" MiB (max {max(values) / base:.2f}x the 30 s file), "
+                f"{seconds:.1f} s on average")
+
     lines += [
         "",
         f"**Freed memory handed back** (`enclap.allocator.release_freed_memory`, glibc `malloc_trim`, every "
         f"{TRIM_EVERY_WINDOWS} windows of the whole-recording choice and after every generation batch): windows mode, "
-        f"{names[-1]}: peak {trimmed['maxrss_kb'] / 1024:.0f} MiB in {trimmed['seconds']:.1f} s with it, "
-        f"{untrimmed['maxrss_kb'] / 1024:.0f} MiB in {untrimmed['seconds']:.1f} s without "
-        f"({untrimmed['maxrss_kb'] / trimmed['maxrss_kb']:.2f}x the memory, {trimmed['seconds'] / untrimmed['seconds']:.2f}x the time).",
+        f"{names[-1]}, {len(trim_runs[True])} runs each, alternating: peak with it {peaks(True)}; without it {peaks(False)}.",
     ]
     lines += [
         "",
