@@ -62,22 +62,27 @@ def _wav_declared_data_bytes(path: Path) -> tuple[int, int] | None:
     libsndfile quietly shortens a WAV whose data chunk is cut off, so truncation is checked here from
     the header itself.
     """
+    with open(path, "rb") as fh:
+        return _wav_data_chunk(fh, path.stat().st_size)
+
+
+def _wav_data_chunk(fh, size: int) -> tuple[int, int] | None:
+    """``_wav_declared_data_bytes`` of an open binary file object of ``size`` bytes (a file or a buffer)."""
     import struct
 
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        pos = 12
-        while pos + 8 <= size:
-            fh.seek(pos)
-            chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
-            if chunk_id == b"data":
-                if chunk_size == 0xFFFFFFFF:  # streaming writers leave the size open
-                    return None
-                return chunk_size, size - pos - 8
-            pos += 8 + chunk_size + (chunk_size & 1)
+    fh.seek(0)
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= size:
+        fh.seek(pos)
+        chunk_id, chunk_size = struct.unpack("<4sI", fh.read(8))
+        if chunk_id == b"data":
+            if chunk_size == 0xFFFFFFFF:  # streaming writers leave the size open
+                return None
+            return chunk_size, size - pos - 8
+        pos += 8 + chunk_size + (chunk_size & 1)
     return None
 
 
@@ -161,6 +166,43 @@ def load_audio(
     """
     path = Path(path)
     mono, native_sr = _read_mono(path, max_seconds, log_level=logging.WARNING)
+    target = native_sr if sample_rate is None else int(sample_rate)
+    return resample(mono, native_sr, target), target
+
+
+def load_audio_bytes(data: bytes, sample_rate: int | None = None, *, name: str) -> tuple[np.ndarray, int]:
+    """:func:`load_audio` of a file held in memory (e.g. a member of a webdataset shard).
+
+    ``data`` is the whole encoded file (wav, flac, ogg, mp3...: soundfile reads the format from its
+    header); ``name`` says what it is in errors (``shard.tar:key.flac``). The same checks as for a
+    file: empty, not audio, truncated (a WAV's data chunk shorter than its header declares, or fewer
+    frames decoded than declared), zero samples, NaN / infinite samples raise :class:`AudioError`.
+    """
+    import io
+
+    import soundfile as sf
+
+    if not data:
+        raise EmptyAudioError(name, "audio data is empty (0 bytes)")
+    buffer = io.BytesIO(data)
+    declared = _wav_data_chunk(buffer, len(data))
+    if declared and declared[1] < declared[0]:
+        raise AudioDecodeError(
+            name, f"truncated audio data: the header declares {declared[0]} bytes of samples, the data holds {declared[1]}"
+        )
+    buffer.seek(0)
+    try:
+        with sf.SoundFile(buffer) as f:
+            native_sr, total = f.samplerate, f.frames
+            samples = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as err:
+        raise AudioDecodeError(name, f"not readable audio data ({err.error_string})") from err
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise AudioDecodeError(name, f"not readable audio data ({err})") from err
+    if 0 < total and samples.shape[0] < total:
+        raise AudioDecodeError(name, f"truncated audio data: header promises {total} frames, only {samples.shape[0]} decoded")
+    mono = to_mono(samples)
+    _validate_samples(name, mono)
     target = native_sr if sample_rate is None else int(sample_rate)
     return resample(mono, native_sr, target), target
 
@@ -393,6 +435,7 @@ __all__ = [
     "check_waveform",
     "find_audio_files",
     "load_audio",
+    "load_audio_bytes",
     "open_source",
     "resample",
     "split_windows",

@@ -54,6 +54,12 @@ def train_clap_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def train_classifier_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.train_classifier import main
+
+    return main(argv)
+
+
 def search_main(argv: Sequence[str] | None = None) -> int:
     from .jobs.search import main
 
@@ -62,6 +68,36 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 
 def eval_clap_main(argv: Sequence[str] | None = None) -> int:
     from .jobs.evaluate_clap import main
+
+    return main(argv)
+
+
+def ckpt_main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint_tools import main
+
+    return main(argv)
+
+
+def unsupervised_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.unsupervised import main
+
+    return main(argv)
+
+
+def curate_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.curate import main
+
+    return main(argv)
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    from .jobs.tune import main
+
+    return main(argv)
+
+
+def shards_main(argv: Sequence[str] | None = None) -> int:
+    from .data.shards import main
 
     return main(argv)
 

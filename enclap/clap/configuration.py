@@ -10,6 +10,10 @@ A :class:`ClapTowerConfig` is data (``config.json`` next to the weights, or a YA
   the keys of :data:`CNN14_DEFAULTS` (PANNs' ``Cnn14(sample_rate, window_size, hop_size, mel_bins,
   fmin, fmax, classes_num)`` plus ``base_channels``: 64 is the published network, smaller values
   shrink every block proportionally);
+* ``text_encoder``: ``"transformers"`` (a trainable text model of ``text_config``, below) or
+  ``"sentence_transformers"``: a frozen Sentence-BERT (``sentence_transformer``: its hub id or directory,
+  ``text_embedding_dim``: its output size) outside the tower's weights, whose sentence vectors only the
+  text projection maps (the DCASE 2023 retrieval baseline; :mod:`enclap.clap.sentence_text`);
 * ``text_config``: any transformers config as a dict with its ``model_type`` (``roberta``, ``gpt2``,
   ``bert``, ``mpnet``, ``clip_text_model``...), built with ``transformers.AutoModel.from_config``;
   ``text_pooling`` says how one vector is read from it (:data:`TEXT_POOLINGS`);
@@ -33,6 +37,7 @@ AUDIO_ENCODERS = ("htsat", "cnn14")
 # non-padding token (GPT-2, as Microsoft's CLAP 2023).
 TEXT_POOLINGS = ("cls", "pooler", "mean", "last")
 PROJECTIONS = ("mlp", "linear")
+TEXT_ENCODERS = ("transformers", "sentence_transformers")
 
 # PANNs' Cnn14 as trained on AudioSet (pytorch/main.py defaults of qiuqiangkong/audioset_tagging_cnn).
 CNN14_DEFAULTS: dict[str, Any] = {
@@ -83,15 +88,21 @@ class ClapTowerConfig(PretrainedConfig):
         freeze_text: bool = False,
         clip_seconds: float = 10.0,
         max_text_length: int = 77,
+        text_encoder: str = "transformers",
+        sentence_transformer: str = "",
+        text_embedding_dim: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.text_encoder = text_encoder
+        self.sentence_transformer = str(sentence_transformer)
+        self.text_embedding_dim = int(text_embedding_dim)
         self.audio_encoder = audio_encoder
         defaults = HTSAT_DEFAULTS if audio_encoder == "htsat" else CNN14_DEFAULTS
         self.audio_config = {**defaults, **dict(audio_config or {})}
         if audio_encoder == "htsat" and self.audio_config.get("enable_fusion") and not self.audio_config.get("fusion_type"):
             self.audio_config["fusion_type"] = "aff_2d"
-        self.text_config = dict(text_config or {"model_type": "roberta"})
+        self.text_config = dict(text_config or ({} if self.uses_sentence_transformer else {"model_type": "roberta"}))
         self.text_pooling = text_pooling
         self.projection = projection
         self.projection_dim = int(projection_dim)
@@ -108,6 +119,11 @@ class ClapTowerConfig(PretrainedConfig):
     def sample_rate(self) -> int:
         """The audio rate the audio encoder reads (48 kHz for HTS-AT, the CNN14 config's own otherwise)."""
         return HTSAT_SAMPLE_RATE if self.audio_encoder == "htsat" else int(self.audio_config["sample_rate"])
+
+    @property
+    def uses_sentence_transformer(self) -> bool:
+        """A frozen Sentence-BERT outside the weights; the tower learns only its text projection."""
+        return self.text_encoder == "sentence_transformers"
 
     @property
     def enable_fusion(self) -> bool:
@@ -140,7 +156,14 @@ class ClapTowerConfig(PretrainedConfig):
             problems.append(f"text_pooling must be one of {', '.join(TEXT_POOLINGS)}, got {self.text_pooling!r}")
         if self.projection not in PROJECTIONS:
             problems.append(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
-        if "model_type" not in self.text_config:
+        if self.text_encoder not in TEXT_ENCODERS:
+            problems.append(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
+        elif self.uses_sentence_transformer:
+            if not self.sentence_transformer:
+                problems.append("text_encoder=sentence_transformers needs sentence_transformer (a hub id or directory)")
+            if self.text_embedding_dim < 1:
+                problems.append(f"text_encoder=sentence_transformers needs text_embedding_dim >= 1, got {self.text_embedding_dim}")
+        elif "model_type" not in self.text_config:
             problems.append("text_config needs a model_type (e.g. roberta, gpt2, bert, mpnet, clip_text_model)")
         if self.projection_dim < 1:
             problems.append(f"projection_dim must be >= 1, got {self.projection_dim}")
@@ -180,4 +203,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["AUDIO_ENCODERS", "CNN14_DEFAULTS", "HTSAT_DEFAULTS", "PROJECTIONS", "TEXT_POOLINGS", "ClapTowerConfig"]
+__all__ = ["AUDIO_ENCODERS", "CNN14_DEFAULTS", "HTSAT_DEFAULTS", "PROJECTIONS", "TEXT_ENCODERS", "TEXT_POOLINGS", "ClapTowerConfig"]

@@ -177,7 +177,8 @@ class ClapTowerEmbedder:
             "model": self.name_or_path,
             "type": "clap_tower",
             "audio_encoder": self.config.audio_encoder,
-            "text_encoder": self.config.text_config.get("model_type"),
+            "text_encoder": (f"sentence_transformers:{self.config.sentence_transformer}" if self.config.uses_sentence_transformer
+                             else self.config.text_config.get("model_type")),
             "dim": self.dim,
             "sample_rate": self.sample_rate,
             "enable_fusion": self.config.enable_fusion,

@@ -20,18 +20,19 @@
 prompts' normalised text embeddings, renormalised; a clip is assigned the classes by cosine similarity.
 Top-1 / top-5 accuracy (same tie rule). Labelled audio comes from ESC-50's ``meta/esc50.csv``
 (``filename,fold,target,category,...``: accuracy per fold and the mean over folds, as ESC-50 results
-are reported; zero-shot needs no training folds) or a generic CSV with ``file,label`` (optional ``fold``).
+are reported; zero-shot needs no training folds), UrbanSound8K's, TUT Acoustic Scenes' or a generic CSV with
+``file,label`` (optional ``fold``); several sets and towers in one table: :mod:`enclap.clap.zeroshot_suite`.
 
 Command line (``enclap-eval-clap``)::
 
     enclap-eval-clap retrieval --model DIR --manifest test.csv --audio-root AUDIO [--output report.json]
     enclap-eval-clap zeroshot --model DIR --labels esc50.csv --audio-root AUDIO [--template "..."]...
+    enclap-eval-clap zeroshot-suite --model DIR [--model DIR2] --set NAME=LABELS[:AUDIO_ROOT]... [--output t.csv]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, EnclapError, ManifestError
+from ..errors import ConfigError, EnclapError
 
 logger = logging.getLogger(__name__)
 
@@ -142,33 +143,16 @@ def class_embeddings(text_embedder: Any, labels: Sequence[str], templates: Seque
 
 # ------------------------------------------------------------------------------------------ labelled audio
 def read_labelled_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows ``{file, label, fold}`` of ESC-50's esc50.csv (filename, fold, category) or a ``file,label[,fold]`` CSV."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(path, [f"cannot be read ({err})"]) from err
-    if {"filename", "fold", "category"} <= set(header):
-        columns = ("filename", "category", "fold")
-    elif {"file", "label"} <= set(header):
-        columns = ("file", "label", "fold" if "fold" in header else None)
-    else:
-        raise ManifestError(path, [f"header {header}: expected ESC-50's filename,fold,...,category or file,label[,fold]"])
-    problems, out = [], []
-    for line, row in enumerate(rows, start=2):
-        file, label = (row.get(columns[0]) or "").strip(), (row.get(columns[1]) or "").strip()
-        if not file or not label:
-            problems.append(f"line {line}: empty file or label")
-            continue
-        out.append({"file": file, "label": label, "fold": (row.get(columns[2]) or "").strip() if columns[2] else ""})
-    if not out and not problems:
-        problems.append("no rows")
-    if problems:
-        raise ManifestError(path, problems)
-    return out
+    """Rows ``{file, label, fold, source, target, line}`` of a label manifest: ESC-50's esc50.csv, UrbanSound8K's,
+    a TUT meta.txt or a ``file,label[,fold][,source]`` CSV (see :func:`enclap.clap.zeroshot_suite.read_labelled_set`).
+
+    ``source`` is the recording a clip was cut from (ESC-50's ``src_file``, UrbanSound8K's ``fsID``, a generic
+    CSV's ``source`` column; ``""`` when unknown), ``target`` the class index where the set has one, ``line``
+    the manifest line.
+    """
+    from .zeroshot_suite import read_labelled_set
+
+    return read_labelled_set(path).rows
 
 
 def _resolve(file: str, audio_root: str | os.PathLike) -> Path:
@@ -223,7 +207,9 @@ def evaluate_zero_shot(
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     audio = embed_files(embedder, [_resolve(r["file"], audio_root) for r in rows], batch_size)
-    scores = audio @ class_embeddings(embedder, [c.replace("_", " ") for c in classes], templates).T
+    from .zeroshot_suite import readable_label
+
+    scores = audio @ class_embeddings(embedder, [readable_label(c) for c in classes], templates).T
     labels = np.array([index[r["label"]] for r in rows])
     report: dict[str, Any] = {
         "task": "zero-shot classification",
@@ -260,7 +246,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``enclap-eval-clap {retrieval,zeroshot}``: evaluate a CLAP tower (table on stdout, JSON with --output)."""
+    """``enclap-eval-clap {retrieval,zeroshot,zeroshot-suite}``: evaluate CLAP towers (table on stdout, JSON with --output)."""
     parser = argparse.ArgumentParser(prog="enclap-eval-clap", description=main.__doc__)
     sub = parser.add_subparsers(dest="task", required=True)
     for name in ("retrieval", "zeroshot"):
@@ -273,10 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "retrieval":
             p.add_argument("--manifest", required=True, help="caption manifest (file_path,caption_1..N or file_path,caption)")
         else:
-            p.add_argument("--labels", required=True, help="ESC-50 esc50.csv or a file,label[,fold] CSV")
+            p.add_argument("--labels", required=True, help="ESC-50 esc50.csv, UrbanSound8K.csv, a TUT meta.txt or a file,label[,fold] CSV")
             p.add_argument("--template", action="append", help="prompt template with {label} (repeatable; default: 4 templates)")
+    from . import zeroshot_suite
+
+    zeroshot_suite.add_arguments(sub.add_parser("zeroshot-suite", help="zero-shot on several sets and towers: one table"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.task == "zeroshot-suite":
+        return zeroshot_suite.run_from_args(args)
     from .embedder import ClapTowerEmbedder
 
     try:

@@ -6,7 +6,10 @@ holds
 * ``audio_model``: :class:`transformers.ClapAudioModel` (HTS-AT; input: LAION mels ``(batch, 1 or 4,
   frames, 64)`` and ``is_longer``, as transformers' ClapModel) or :class:`Cnn14` (input: waveforms
   ``(batch, samples)`` at the config's rate; PANNs' own log-mel front end runs inside);
-* ``text_model``: any ``transformers.AutoModel`` text encoder, pooled per ``config.text_pooling``;
+* ``text_model``: any ``transformers.AutoModel`` text encoder, pooled per ``config.text_pooling``; or, for
+  ``config.text_encoder="sentence_transformers"``, none: a frozen Sentence-BERT (``sentence_encoder``, loaded
+  from ``config.sentence_transformer`` when first needed, never part of the weights or the optimizer) gives
+  sentence vectors, and ``sentence_embedding_table`` (set by training) serves the captions already embedded;
 * ``audio_projection`` / ``text_projection`` (``linear1`` [ReLU ``linear2``], named as transformers'
   ClapProjectionLayer so an HTS-AT + RoBERTa tower exports to a plain ClapModel by renaming nothing);
 * ``logit_scale``: log of the inverse temperature.
@@ -217,6 +220,18 @@ def _load_strict(module: nn.Module, state: dict, where: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the tower
+def pooled_audio_output(
+    audio_model: nn.Module, input_features: torch.Tensor, is_longer: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The audio encoder's pooled output before any projection: CNN14's embedding of waveforms, or HTS-AT's
+    pooler output of mels (``is_longer`` defaults to all False: no fusion)."""
+    if isinstance(audio_model, Cnn14):
+        return audio_model.embed(input_features)
+    if is_longer is None:
+        is_longer = torch.zeros((input_features.shape[0], 1), dtype=torch.bool, device=input_features.device)
+    return audio_model(input_features=input_features, is_longer=is_longer).pooler_output
+
+
 class ClapProjection(nn.Module):
     """LAION's projection (``linear1`` -> ReLU -> ``linear2``) or a single ``linear1``."""
 
@@ -270,16 +285,23 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
         else:
             self.audio_model = Cnn14(**config.audio_config)
             audio_size = self.audio_model.embedding_size
-        text_config = config.text_model_config()
-        kwargs = {}
-        if text_config.model_type in _POOLER_OPTIONAL:
-            kwargs["add_pooling_layer"] = config.text_pooling == "pooler"
-        self.text_model = AutoModel.from_config(text_config, **kwargs)
-        text_size = int(text_config.hidden_size)
+        if config.uses_sentence_transformer:
+            self.text_model = None
+            text_size = config.text_embedding_dim
+        else:
+            text_config = config.text_model_config()
+            kwargs = {}
+            if text_config.model_type in _POOLER_OPTIONAL:
+                kwargs["add_pooling_layer"] = config.text_pooling == "pooler"
+            self.text_model = AutoModel.from_config(text_config, **kwargs)
+            text_size = int(text_config.hidden_size)
         self.audio_projection = ClapProjection(audio_size, config.projection_dim, config.projection)
         self.text_projection = ClapProjection(text_size, config.projection_dim, config.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         self.tokenizer = None
+        # Plain attributes, not submodules: the frozen Sentence-BERT stays out of state_dict, optimizer and DDP.
+        object.__setattr__(self, "_sentence_encoder", None)
+        self.sentence_embedding_table = None
         self.post_init()
         self.apply_freezing()
 
@@ -288,7 +310,7 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
         """Honour ``freeze_audio`` / ``freeze_text`` (and keep the fixed front end / tagging head frozen)."""
         if self.config.freeze_audio:
             self.audio_model.requires_grad_(False)
-        if self.config.freeze_text:
+        if self.config.freeze_text and self.text_model is not None:
             self.text_model.requires_grad_(False)
         if isinstance(self.audio_model, Cnn14):
             for part in (self.audio_model.spectrogram_extractor, self.audio_model.logmel_extractor, self.audio_model.fc_audioset):
@@ -299,7 +321,7 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
         super().train(mode)
         if self.config.freeze_audio:
             self.audio_model.eval()
-        if self.config.freeze_text:
+        if self.config.freeze_text and self.text_model is not None:
             self.text_model.eval()
         return self
 
@@ -310,16 +332,19 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
 
     def audio_embedding(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised audio embeddings: HTS-AT mels (+ is_longer) or CNN14 waveforms -> (batch, projection_dim)."""
-        if isinstance(self.audio_model, Cnn14):
-            pooled = self.audio_model.embed(input_features)
-        else:
-            if is_longer is None:
-                is_longer = torch.zeros((input_features.shape[0], 1), dtype=torch.bool, device=input_features.device)
-            pooled = self.audio_model(input_features=input_features, is_longer=is_longer).pooler_output
-        return self.audio_projection(pooled)
+        return self.audio_projection(pooled_audio_output(self.audio_model, input_features, is_longer))
 
-    def text_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised text embeddings (batch, projection_dim), pooled per ``config.text_pooling``."""
+    def text_embedding(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                       sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised text embeddings (batch, projection_dim), pooled per ``config.text_pooling``; for a
+        Sentence-BERT tower, the projection of ``sentence_embeddings`` (batch, text_embedding_dim)."""
+        if self.config.uses_sentence_transformer:
+            if sentence_embeddings is None:
+                raise ValueError("a Sentence-BERT tower embeds sentence vectors: pass sentence_embeddings (or use embed_texts)")
+            weight = self.text_projection.linear1.weight
+            return self.text_projection(sentence_embeddings.to(device=weight.device, dtype=weight.dtype))
+        if input_ids is None:
+            raise ValueError("text_embedding needs input_ids")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
@@ -342,9 +367,10 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
         """L2-normalised audio embeddings (batch, projection_dim)."""
         return F.normalize(self.audio_embedding(input_features, is_longer), dim=-1)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                          sentence_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised text embeddings (batch, projection_dim)."""
-        return F.normalize(self.text_embedding(input_ids, attention_mask), dim=-1)
+        return F.normalize(self.text_embedding(input_ids, attention_mask, sentence_embeddings), dim=-1)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), capped at ``logit_scale_max`` (open_clip clamps the parameter at log 100)."""
@@ -353,18 +379,57 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
     def forward(
         self,
         input_features: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         is_longer: torch.Tensor | None = None,
+        sentence_embeddings: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Both embeddings (normalised) and the logit scale: what :class:`~enclap.clap.loss.ClipLoss` takes."""
         return {
             "audio_embeds": self.get_audio_features(input_features, is_longer),
-            "text_embeds": self.get_text_features(input_ids, attention_mask),
+            "text_embeds": self.get_text_features(input_ids, attention_mask, sentence_embeddings),
             "logit_scale": self.scale(),
         }
 
     # ------------------------------------------------------------------------------------- text API
+    @property
+    def sentence_encoder(self) -> Any:
+        """The frozen Sentence-BERT of a ``sentence_transformers`` tower, loaded on first use onto the tower's device."""
+        if not self.config.uses_sentence_transformer:
+            raise ConfigError("this CLAP tower's text encoder is a transformers model, not a Sentence-BERT")
+        if self._sentence_encoder is None:
+            from .sentence_text import load_sentence_transformer
+
+            device = next(self.parameters()).device
+            self.attach_sentence_encoder(load_sentence_transformer(self.config.sentence_transformer, device=str(device)))
+        return self._sentence_encoder
+
+    def attach_sentence_encoder(self, encoder: Any) -> None:
+        """Use ``encoder`` (an already loaded SentenceTransformer of ``config.sentence_transformer``); it is frozen."""
+        from .sentence_text import sentence_embedding_dimension
+
+        dimension = sentence_embedding_dimension(encoder)
+        if dimension != self.config.text_embedding_dim:
+            raise ConfigError(f"the Sentence-BERT {self.config.sentence_transformer!r} gives {dimension}-d vectors; "
+                              f"this tower's text projection takes {self.config.text_embedding_dim}")
+        encoder.requires_grad_(False)
+        object.__setattr__(self, "_sentence_encoder", encoder.eval())
+
+    def sentence_vectors(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Sentence-BERT vectors of ``texts``: from ``sentence_embedding_table`` where it has them, else computed."""
+        from .sentence_text import encode_sentences
+
+        table = self.sentence_embedding_table
+        texts = list(texts)
+        out = np.zeros((len(texts), self.config.text_embedding_dim), dtype=np.float32)
+        missing = [i for i, t in enumerate(texts) if table is None or t not in table]
+        known = [i for i in range(len(texts)) if table is not None and texts[i] in table]
+        if known:
+            out[known] = table.rows([texts[i] for i in known])
+        if missing:
+            out[missing] = encode_sentences(self.sentence_encoder, [texts[i] for i in missing], batch_size=batch_size)
+        return out
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.tokenizer is None:
             raise ConfigError(
@@ -385,8 +450,13 @@ class ClapTowerModel(ClapTowerPreTrainedModel):
         self.eval()
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenize(texts[start : start + batch_size])
-                emb = self.get_text_features(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+                chunk = texts[start : start + batch_size]
+                if self.config.uses_sentence_transformer:
+                    vectors = torch.from_numpy(self.sentence_vectors(chunk, batch_size=batch_size))
+                    emb = self.get_text_features(sentence_embeddings=vectors.to(device))
+                else:
+                    tokens = self.tokenize(chunk)
+                    emb = self.get_text_features(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
                 out[start : start + len(emb)] = emb.float().cpu().numpy()
         self.train(was_training)
         return out

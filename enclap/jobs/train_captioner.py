@@ -537,13 +537,17 @@ def _metric_validation(config: TrainCaptionerConfig, val_store, val_manifest: st
 # --------------------------------------------------------------------------------------------- the job
 
 
-def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator | None" = None) -> "TrainingResult":
+def train_captioner(
+    config: TrainCaptionerConfig, *, accelerator: "Accelerator | None" = None,
+    on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
+) -> "TrainingResult":
     """Run (or resume) the training ``config`` describes, in this process and its siblings under a launcher.
 
     Everything is checked before the first step: manifests against the stores (missing clips, empty
     captions, clips without frames), the stores' codebook count and CLAP size against the model,
     pretrained parts, resumability. Returns the loop's :class:`~enclap.training.loop.TrainingResult`
-    (``final_dir`` / ``best_dir`` are pipeline directories).
+    (``final_dir`` / ``best_dir`` are pipeline directories). ``on_validation(step, figures)`` is the loop's
+    per-validation callback (True stops the run; :mod:`enclap.tuning` prunes trials with it).
     """
     from accelerate.utils import set_seed
 
@@ -634,7 +638,9 @@ def train_captioner(config: TrainCaptionerConfig, *, accelerator: "Accelerator |
         export_files={CONFIG_FILE: config_text},
         run_files={CONFIG_FILE: config_text},  # written once the loop accepts the run (a refused resume changes nothing)
     )
-    return run_training(task, config.train, output_dir=output_dir, seed=config.seed, accelerator=accelerator)
+    return run_training(
+        task, config.train, output_dir=output_dir, seed=config.seed, accelerator=accelerator, on_validation=on_validation
+    )
 
 
 # --------------------------------------------------------------------------------------------- command line

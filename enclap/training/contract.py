@@ -28,9 +28,14 @@ SCHEDULERS = (
     "constant",
     "constant_with_warmup",
     "inverse_sqrt",
+    "reduce_on_plateau",
 )
 # Schedules whose learning rate at a step depends on the total number of steps.
 _SCHEDULES_USING_TOTAL = ("linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+# What a streaming training set's examples carry: the bad samples it skipped before each (see TrainingTask).
+STREAM_SKIPPED_KEY = "__skipped__"
 
 
 class NonFiniteLossError(EnclapError):
@@ -55,6 +60,13 @@ class LoopConfig:
     lr_scheduler_type: str = "inverse_sqrt"
     num_warmup_steps: int = 1000
     time_scale: int | None = None  # inverse_sqrt only: steps over which the rate halves after warm-up (default: warm-up length)
+    # reduce_on_plateau: torch's ReduceLROnPlateau, stepped with each validation's best_metric (not per step; no warm-up)
+    plateau_factor: float = 0.1  # the learning rate is multiplied by this after plateau_patience bad validations
+    plateau_patience: int = 5  # validations without improvement (beyond plateau_threshold) tolerated before a cut
+    plateau_threshold: float = 1e-4  # what counts as an improvement (torch's threshold)
+    plateau_threshold_mode: str = "rel"  # rel | abs (torch's threshold_mode)
+    min_lr: float = 0.0  # the learning rate is never cut below this
+    early_stopping_patience: int = 0  # stop after N validations in a row without a new best best_metric (0: off)
     max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
     mixed_precision: str = "auto"  # auto (the launcher's, else bf16 on a GPU that has it) | no | fp16 | bf16 (wins over the launcher)
     cpu: bool = False  # train on CPU even when a GPU is present
@@ -92,6 +104,17 @@ class LoopConfig:
             problems.append("adam_beta1/adam_beta2 must be in [0, 1) and adam_epsilon > 0")
         if self.lr_scheduler_type not in SCHEDULERS:
             problems.append(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler_type!r}")
+        if self.lr_scheduler_type == "reduce_on_plateau":
+            if not 0 < self.plateau_factor < 1:
+                problems.append(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
+            if self.plateau_patience < 0 or self.plateau_threshold < 0 or self.min_lr < 0:
+                problems.append("plateau_patience, plateau_threshold and min_lr must be >= 0")
+            if self.plateau_threshold_mode not in ("rel", "abs"):
+                problems.append(f"plateau_threshold_mode must be rel or abs, got {self.plateau_threshold_mode!r}")
+            if self.num_warmup_steps:
+                problems.append("lr_scheduler_type=reduce_on_plateau has no warm-up: set num_warmup_steps=0")
+        if self.early_stopping_patience < 0:
+            problems.append(f"early_stopping_patience must be >= 0 (0: off), got {self.early_stopping_patience}")
         if self.num_warmup_steps < 0:
             problems.append(f"num_warmup_steps must be >= 0, got {self.num_warmup_steps}")
         if self.time_scale is not None and (self.time_scale < 1 or self.lr_scheduler_type != "inverse_sqrt"):
@@ -180,6 +203,16 @@ class TrainingTask:
     - ``loss_terms``: the weights and named groups of those terms.
     - ``train_dataset`` / ``val_dataset``: map-style data sets; training items are ``(epoch, index)``,
       validation items plain indices. ``collate_fn`` batches their items into dicts of tensors.
+      A *streaming* training set is a ``torch.utils.data.IterableDataset`` with ``epoch_examples`` (the
+      declared global length of an epoch), ``set_stream(process_index=, num_processes=, batch_size=,
+      batches_per_epoch=, num_workers=)`` (called once) and ``set_epoch(epoch)`` (before each pass). Each
+      process's stream must yield ``batches_per_epoch * batch_size`` examples an epoch, split over its
+      DataLoader workers as batches are taken round-robin from them, and be a function of (its seed,
+      epoch, process, worker) alone: then a run resumed at an epoch boundary reads what an uninterrupted
+      one does, and one resumed mid-epoch skips exactly the batches already trained on (they are read
+      again and dropped). An example may carry :data:`STREAM_SKIPPED_KEY`: the bad samples the stream
+      skipped before it; the loop sums them over processes, logs the total (``bad_samples_total``) and
+      reports it in :class:`TrainingResult`. See :class:`enclap.data.shards.ShardStream`.
     - ``counts(batch)``: ``(num_terms,)`` float64: how many items each term's sum runs over.
     - ``example_lengths()`` (optional): one length per training example, for ``length_bucketing``.
 
@@ -250,7 +283,8 @@ def _takes(method: Callable, name: str) -> bool:
 
 @dataclass
 class TrainingResult:
-    """How a run ended. ``status`` is ``"completed"`` or ``"interrupted"`` (a signal; resumable)."""
+    """How a run ended. ``status`` is ``"completed"``, ``"interrupted"`` (a signal; resumable) or ``"stopped"``
+    (by the loop's ``on_validation`` callback, e.g. a pruned trial of a hyper-parameter search; resumable)."""
 
     status: str
     global_step: int
@@ -266,12 +300,18 @@ class TrainingResult:
     signal: str | None = None
     geometry: BatchGeometry | None = None
     best_checkpoint: Path | None = None
+    stopped_early: str | None = None  # why early stopping ended the run (status stays "completed")
+    bad_samples: int | None = None  # streaming training sets: bad samples skipped over the whole run
 
     def summary(self) -> str:
         """One line: the steps, the effective global batch, the final and best models."""
         line = f"{self.status} after {self.global_step} of {self.total_steps} steps"
+        if self.stopped_early:
+            line += f" (stopped early: {self.stopped_early})"
         if self.geometry is not None:
             line += f" ({self.geometry.describe()})"
+        if self.bad_samples:
+            line += f"; {self.bad_samples} bad training sample(s) skipped"
         if self.final_dir is not None:
             line += f"; final model: {self.final_dir}"
         if self.best:

@@ -27,10 +27,19 @@ Around that:
   sharded here, not by Accelerate: :class:`~enclap.training.sampling.EpochBatchSampler` gives every process
   a disjoint part of each global micro-batch (no padding by repeated examples), in an order that depends
   only on (seed, epoch, global batch); optionally length-bucketed. DataLoader workers persist across epochs.
+  A streaming (iterable) training set is read instead through one DataLoader pass per epoch (its workers
+  start with the epoch, whose stream depends on it): the per-device micro-batch of the geometry, steps
+  per epoch from its declared length, bad samples it skipped counted (see :class:`TrainingTask`).
 * **optimizer / schedule**: AdamW without weight decay on biases and normalisation weights (chosen by
   module type: the reference's name list misses BART's ``layernorm_embedding``); any warm-up schedule of
   ``transformers.get_scheduler``, including the reference's ``inverse_sqrt`` with ``time_scale``;
-  gradient clipping; epochs or a step budget.
+  gradient clipping; epochs or a step budget. ``reduce_on_plateau`` is torch's ReduceLROnPlateau instead,
+  stepped once per validation with ``best_metric`` (min for losses, max otherwise); its state is in the
+  checkpoints (``accelerator.save_state``), so a resumed run cuts the rate exactly when an uninterrupted one would.
+* **early stopping**: ``early_stopping_patience=N`` ends the run (checkpoint, final export) after N
+  validations in a row without a new best ``best_metric``; the summary and ``train_log.jsonl`` say why, the
+  checkpoint records it, and running the command again does not train further (unless the patience was
+  raised or early stopping turned off: then the run continues).
 * **checkpoints**: ``<output>/checkpoints/step_<n>/`` every ``checkpointing_steps`` steps, at each
   epoch end, at the end, and when stopped by SIGTERM / SIGINT (at the next step boundary; a second
   Ctrl-C aborts at once). ``accelerator.save_state`` (model, optimizer, scheduler, every process's
@@ -49,7 +58,10 @@ Around that:
 * **validation** (on every process): loss on the validation set each epoch (and every ``eval_steps``),
   summed over processes without counting any example twice; the task may add metrics (e.g. caption
   scores computed on every process's share and gathered); the best value of ``best_metric`` is tracked
-  and the task exports the model at each new best.
+  and the task exports the model at each new best. An ``on_validation(step, figures)`` callback (e.g. a
+  hyper-parameter tuner reporting to its trial, :mod:`enclap.tuning`) sees every validation's figures on
+  the main process; when it returns True the run saves a checkpoint and stops with status ``"stopped"``
+  (resumable like an interrupted run).
 * **safety**: a non-finite loss or gradient norm stops the run with :class:`NonFiniteLossError`
   naming the step, before the weights change (under DeepSpeed the engine steps inside ``backward``, so
   the check comes after that step); the last checkpoint stays as it was.
@@ -75,6 +87,7 @@ from . import checkpoints as ckpt
 from .contract import (
     _SCHEDULES_USING_TOTAL,
     SCHEDULERS,
+    STREAM_SKIPPED_KEY,
     LoopConfig,
     LossTerms,
     NonFiniteLossError,
@@ -98,6 +111,8 @@ from .signals import StopSignals, ignore_signals_in_worker
 from .tracking import StepWindow, TrainingLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from accelerate import Accelerator
 
@@ -129,9 +144,18 @@ def parameter_groups(module: "torch.nn.Module", weight_decay: float) -> list[dic
 
 
 def build_scheduler(optimizer, config: LoopConfig, total_steps: int):
-    """The learning-rate schedule: ``transformers.get_scheduler``, or inverse square root with ``time_scale``."""
+    """The learning-rate schedule: ``transformers.get_scheduler``, inverse square root with ``time_scale``, or
+    ReduceLROnPlateau (stepped by the loop with each validation's ``best_metric``)."""
     from transformers import get_inverse_sqrt_schedule, get_scheduler
 
+    if config.lr_scheduler_type == "reduce_on_plateau":
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        return ReduceLROnPlateau(
+            optimizer, mode="max" if config.greater_is_better else "min", factor=config.plateau_factor,
+            patience=config.plateau_patience, threshold=config.plateau_threshold,
+            threshold_mode=config.plateau_threshold_mode, min_lr=config.min_lr,
+        )
     if config.lr_scheduler_type == "inverse_sqrt":
         return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=config.num_warmup_steps, timescale=config.time_scale)
     return get_scheduler(
@@ -147,6 +171,28 @@ class _TiedWeightsNotice(logging.Filter):
 
 
 _TIED_WEIGHTS_FILTER = _TiedWeightsNotice()
+
+
+def _is_streaming(dataset: Any) -> bool:
+    from torch.utils.data import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+class _StreamCollate:
+    """A streaming set's batches: the task's collate of the examples, with their skipped-sample counts summed."""
+
+    def __init__(self, collate_fn: Any) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, examples: list) -> dict[str, Any]:
+        import torch
+        from torch.utils.data import default_collate
+
+        skipped = sum(int(e.pop(STREAM_SKIPPED_KEY, 0)) for e in examples if isinstance(e, dict))
+        batch = self.collate_fn(examples) if self.collate_fn is not None else default_collate(examples)
+        batch[STREAM_SKIPPED_KEY] = torch.tensor(skipped, dtype=torch.int64)
+        return batch
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
@@ -171,6 +217,7 @@ class Trainer:
         output_dir: str | os.PathLike,
         seed: int,
         accelerator: "Accelerator | None" = None,
+        on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
     ) -> None:
         config.validate()
         logging.getLogger("accelerate.utils.other").addFilter(_TIED_WEIGHTS_FILTER)  # idempotent
@@ -181,11 +228,18 @@ class Trainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self._signals = StopSignals()
         self._stop_requested_by_call = False
+        self.on_validation = on_validation
+        self._stopped_by_validation = False
         known = {"val_loss"} | {f"val_{group}" for group in task.loss_terms.groups} | task.validation_metric_names()
         if config.best_metric not in known:
             raise ConfigError(f"best_metric {config.best_metric!r} is not a validation figure of this run; known: {', '.join(sorted(known))}")
         if config.length_bucketing and task.example_lengths() is None:
             raise ConfigError("length_bucketing=true, but this task gives no example lengths (TrainingTask.example_lengths)")
+        self.streaming = _is_streaming(task.train_dataset)
+        if self.streaming and config.length_bucketing:
+            raise ConfigError("length_bucketing=true needs a map-style training set; a streaming one has no lengths up front")
+        self.bad_samples = 0
+        self._stream_iterator: Any = None
 
     # ------------------------------------------------------------------ public
     def request_stop(self) -> None:
@@ -216,6 +270,7 @@ class Trainer:
         checkpoint is saved), so one left for the garbage collector, which a reference cycle can delay past
         the end of the program, is never stopped by the interpreter's exit, which then waits on it forever.
         """
+        self._stop_stream()
         for name in ("_train_loader", "_val_loader"):
             loader = getattr(self, name, None)
             iterator = getattr(loader, "_iterator", None)  # where a DataLoader keeps its persistent workers
@@ -243,16 +298,29 @@ class Trainer:
         self.task.check_geometry(self.geometry)
         self.accumulation = self.geometry.accumulation
         self.global_micro_batch = self.geometry.global_micro_batch
-        num_examples = len(self.task.train_dataset)
-        self.micro_batches = micro_batches_per_epoch(num_examples, self.global_micro_batch, self.num_processes)
-        if self.micro_batches == 0:
-            raise ConfigError(
-                f"the training set has {num_examples} example(s): fewer than the {self.num_processes} processes need"
-            )
-        self.examples_per_epoch = min(num_examples, self.micro_batches * self.global_micro_batch)
-        dropped = num_examples - self.examples_per_epoch
-        if dropped:
-            logger.warning("the last %d example(s) of each epoch's order are left out: fewer than one per process", dropped)
+        if self.streaming:
+            # A declared epoch of whole global micro-batches: every process reads as many batches as the others.
+            num_examples = int(self.task.train_dataset.epoch_examples)
+            self.micro_batches = num_examples // self.global_micro_batch
+            if self.micro_batches == 0:
+                raise ConfigError(f"the declared epoch of {num_examples} example(s) is shorter than one global micro-batch "
+                                  f"({self.global_micro_batch} = {self.geometry.describe()})")
+            self.examples_per_epoch = self.micro_batches * self.global_micro_batch
+            if num_examples > self.examples_per_epoch:
+                logger.info("a streamed epoch is %d example(s): the declared %d in whole global micro-batches of %d",
+                            self.examples_per_epoch, num_examples, self.global_micro_batch)
+        else:
+            num_examples = len(self.task.train_dataset)
+            self.micro_batches = micro_batches_per_epoch(num_examples, self.global_micro_batch, self.num_processes)
+            if self.micro_batches == 0:
+                raise ConfigError(
+                    f"the training set has {num_examples} example(s): fewer than the {self.num_processes} processes need"
+                )
+            self.examples_per_epoch = min(num_examples, self.micro_batches * self.global_micro_batch)
+            dropped = num_examples - self.examples_per_epoch
+            if dropped:
+                logger.warning("the last %d example(s) of each epoch's order are left out: fewer than one per process", dropped)
+        self.num_train_examples = num_examples
         self.steps_per_epoch = math.ceil(self.micro_batches / self.accumulation)
         self.total_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
@@ -270,7 +338,7 @@ class Trainer:
             "loop": {
                 "seed": self.seed,
                 "train_batch_size": cfg.train_batch_size,
-                "num_train_examples": len(self.task.train_dataset),
+                "num_train_examples": self.num_train_examples,
                 "steps_per_epoch": self.steps_per_epoch,
                 "examples_per_epoch": self.examples_per_epoch,
                 **({"length_bucketing": {"window": cfg.bucket_window}} if cfg.length_bucketing else {}),
@@ -291,6 +359,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg, self.total_steps)
         configure_deepspeed(self.accelerator, self.geometry, cfg.max_grad_norm)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.task.module, optimizer, scheduler)
+        self._plateau = cfg.lr_scheduler_type == "reduce_on_plateau"  # stepped per validation, not per step
         self.device = self.accelerator.device
         weights = torch.tensor(self.task.loss_terms.weights, dtype=torch.float64)
         self.term_weights = weights.to(self.device)
@@ -354,6 +423,12 @@ class Trainer:
             from accelerate.utils import set_seed
 
             set_seed(self.seed + int(state["global_step"]), device_specific=True)
+        self.bad_samples = int(state.get("bad_samples", 0))
+        saved_layout = state.get("stream_layout")
+        if self.streaming and saved_layout is not None and saved_layout != self._stream_layout():
+            logger.warning(
+                "resuming a streaming run saved with %s on %s: each process's stream depends on these, so from here on the "
+                "samples read differ from those an uninterrupted run would read", saved_layout, self._stream_layout())
         if "examples_into_epoch" in state:
             into, rest = divmod(int(state["examples_into_epoch"]), self.global_micro_batch)
             if rest:
@@ -371,13 +446,19 @@ class Trainer:
         optimizer state; a run resumed with other values (e.g. a lower learning rate after a divergence)
         must use its own. Unchanged settings give back exactly the restored values.
         """
-        from torch.optim.lr_scheduler import LambdaLR
+        from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
         cfg = self.config
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         scheduler = getattr(self.scheduler, "scheduler", self.scheduler)
         for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
             group.update(weight_decay=decay, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, initial_lr=cfg.learning_rate)
+        if isinstance(scheduler, ReduceLROnPlateau):
+            # The restored learning rate (cut or not) and plateau history stay; the cut rules are this run's.
+            scheduler.factor, scheduler.patience = cfg.plateau_factor, cfg.plateau_patience
+            scheduler.threshold, scheduler.threshold_mode = cfg.plateau_threshold, cfg.plateau_threshold_mode
+            scheduler.min_lrs = [cfg.min_lr] * len(optimizer.param_groups)
+            return
         if not isinstance(scheduler, LambdaLR):
             return
         scheduler.base_lrs = [cfg.learning_rate] * len(optimizer.param_groups)
@@ -387,11 +468,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _build_loaders(self) -> None:
-        """One training and one validation DataLoader for the whole run: their workers persist across epochs."""
+        """One training and one validation DataLoader for the whole run: their workers persist across epochs
+        (a streaming training set's start with each epoch: see :meth:`_build_stream_loader`)."""
         import torch
         from torch.utils.data import DataLoader
 
         workers = self.config.dataloader_num_workers
+        if self.streaming:
+            self._build_stream_loader(workers)
+        else:
+            self._build_map_loader(workers)
+        self._val_loader = None
+        if self.task.val_dataset is not None and len(self.task.val_dataset):
+            indices = shard_indices(len(self.task.val_dataset), self.process_index, self.num_processes)
+            val_workers = workers if indices else 0
+            self._val_loader = DataLoader(
+                self.task.val_dataset,
+                sampler=indices,
+                batch_size=self.config.per_device_eval_batch_size,
+                collate_fn=self.task.collate_fn,
+                num_workers=val_workers,
+                worker_init_fn=ignore_signals_in_worker if val_workers else None,
+                persistent_workers=val_workers > 0,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+
+    def _build_map_loader(self, workers: int) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
         self._train_sampler = ReusableBatchSampler(
             lambda epoch, start: EpochBatchSampler(
                 len(self.task.train_dataset),
@@ -418,22 +523,63 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.seed * 100_003),
             pin_memory=self.device.type == "cuda",
         )
-        self._val_loader = None
-        if self.task.val_dataset is not None and len(self.task.val_dataset):
-            indices = shard_indices(len(self.task.val_dataset), self.process_index, self.num_processes)
-            val_workers = workers if indices else 0
-            self._val_loader = DataLoader(
-                self.task.val_dataset,
-                sampler=indices,
-                batch_size=self.config.per_device_eval_batch_size,
-                collate_fn=self.task.collate_fn,
-                num_workers=val_workers,
-                worker_init_fn=ignore_signals_in_worker if val_workers else None,
-                persistent_workers=val_workers > 0,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
+
+    def _stream_layout(self) -> dict[str, int]:
+        """What a streaming set's per-process streams depend on besides (seed, epoch)."""
+        return {"num_processes": self.num_processes, "per_device_batch": self.geometry.per_device,
+                "dataloader_num_workers": self.config.dataloader_num_workers}
+
+    def _build_stream_loader(self, workers: int) -> None:
+        """A streaming training set: the DataLoader batches each worker's examples (``per_device`` of them).
+
+        The workers are not persistent: a pass starts them with the dataset as ``set_epoch`` left it, so
+        each epoch's stream is that epoch's wherever the run was started or resumed.
+        """
+        import torch
+        from torch.utils.data import DataLoader
+
+        dataset = self.task.train_dataset
+        dataset.set_stream(process_index=self.process_index, num_processes=self.num_processes,
+                           batch_size=self.geometry.per_device, batches_per_epoch=self.micro_batches, num_workers=workers)
+        self._train_sampler = None
+        self._train_loader = DataLoader(
+            dataset,
+            batch_size=self.geometry.per_device,
+            collate_fn=_StreamCollate(self.task.collate_fn),
+            num_workers=workers,
+            worker_init_fn=ignore_signals_in_worker if workers else None,
+            persistent_workers=False,
+            # Each pass draws its workers' base seed from this generator, not from the global RNG (SpecAugment's,
+            # dropout's): a run resumed mid-epoch starts its pass at another point of the global stream.
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + 1),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _stop_stream(self) -> None:
+        iterator, self._stream_iterator = self._stream_iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def _stream_batches(self, epoch: int, start: int):
+        """Micro-batches ``start``.. of ``epoch`` of a streaming set: the epoch's stream, its first ``start`` dropped."""
+        import itertools
+
+        self._stop_stream()
+        self.task.train_dataset.set_epoch(epoch)
+        self._stream_iterator = iter(self._train_loader)
+        read = start
+        for batch in itertools.islice(self._stream_iterator, start, None):
+            read += 1
+            yield batch
+        raise RuntimeError(
+            f"epoch {epoch}: the training stream of process {self.process_index} ended after {read} of its "
+            f"{self.micro_batches} micro-batches: its readers found no usable sample in a whole pass over their shards "
+            "(see the bad-sample warnings above)"
+        )
 
     def _train_batches(self, epoch: int, start: int):
+        if self.streaming:
+            return self._stream_batches(epoch, start)
         self._train_sampler.set_epoch(epoch, start)
         return iter(self._train_loader)
 
@@ -474,15 +620,16 @@ class Trainer:
         import torch
 
         acc = self.accelerator
+        skipped = sum(float(b.pop(STREAM_SKIPPED_KEY, 0)) for b in micro_batches)  # a streaming set's bad samples
         counts = sum(self.task.counts(b).to(torch.float64) for b in micro_batches)
         examples = sum(_batch_size(b) for b in micro_batches)
         # The counts of the whole window on every process, its examples, and whether any process was
         # asked to stop, in one collective: every process takes the same decision at the same boundary.
         flag = 1.0 if self._stop_requested() else 0.0
-        shared = self._reduce_sum(torch.cat([counts, torch.tensor([examples, flag], dtype=torch.float64)]).to(self.device))
+        shared = self._reduce_sum(torch.cat([counts, torch.tensor([examples, skipped, flag], dtype=torch.float64)]).to(self.device))
         if float(shared[-1]) > 0:
             return {}, True
-        global_counts = shared[:-2]
+        global_counts = shared[:-3]
         # Each micro-batch's sums divided by the window's global counts; times the process count
         # because the data-parallel gradient reduction averages over processes.
         scale = (self.term_weights / global_counts.clamp(min=1) * self.num_processes).float()
@@ -501,7 +648,8 @@ class Trainer:
                 acc.backward((sums.float() * scale).sum() * divisor)
             local_sums += sums.detach().to(torch.float64)
         figures = self._figures(self._reduce_sum(local_sums), global_counts)
-        figures["examples"] = float(shared[-2])
+        figures["examples"] = float(shared[-3])
+        figures["bad_samples"] = float(shared[-2])
         if not math.isfinite(figures["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(self._non_finite_message(step, "the loss", figures))
@@ -515,7 +663,7 @@ class Trainer:
             raise NonFiniteLossError(self._non_finite_message(step, "the gradient norm", {**figures, "grad_norm": grad_norm}))
         self.optimizer.step()
         skipped = bool(acc.optimizer_step_was_skipped)
-        if not skipped:  # fp16: the gradient scaler skipped an overflowing step
+        if not skipped and not self._plateau:  # fp16: the gradient scaler skipped an overflowing step
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # A skipped fp16 step's norm is infinite by design: it stays out of the logged average.
@@ -623,10 +771,14 @@ class Trainer:
                     "micro_batch": micro_batch,
                     # The position as examples: a run on another process count / accumulation resumes from it.
                     "examples_into_epoch": micro_batch * self.global_micro_batch,
+                    "bad_samples": self.bad_samples,
+                    **({"stream_layout": self._stream_layout()} if self.streaming else {}),
                     "total_steps": self.total_steps,
                     "best": self.best,
                     "last_validation": self.last_validation,
                     "validation_step": self.validation_step,
+                    "validations_since_best": self.validations_since_best,
+                    "stopped_early": self.stopped_early,
                     "log_window": self.window.state(),
                     "num_processes": self.num_processes,
                     "distributed_type": distributed_type(acc),
@@ -662,6 +814,11 @@ class Trainer:
             return
         values = self.window.summary()
         values.update(epoch=epoch, lr=lr, global_batch=self.config.train_batch_size)
+        if self.streaming:
+            values["bad_samples_total"] = self.bad_samples
+            if self.bad_samples > self._bad_samples_logged and self.is_main_process:
+                logger.warning("%d bad training sample(s) skipped so far (step %d)", self.bad_samples, step)
+            self._bad_samples_logged = self.bad_samples
         if self.log is not None:
             self.log.write("train", step, values)
         self.window = StepWindow()
@@ -690,6 +847,9 @@ class Trainer:
         self.window = StepWindow()
         self.last_checkpoint: Path | None = None
         self.last_saved_step = -1
+        self.validations_since_best = 0  # early stopping's count
+        self.stopped_early: str | None = None
+        self.bad_samples = 0
         step, epoch, micro_batch = 0, 0, 0
         if resume_from is not None:
             state = self._load_checkpoint(resume_from)
@@ -698,6 +858,8 @@ class Trainer:
             self.last_validation = state.get("last_validation")
             self.validation_step = state.get("validation_step")
             self.window = StepWindow(state.get("log_window"))
+            self.validations_since_best = int(state.get("validations_since_best", 0))
+            self.stopped_early = state.get("stopped_early")
             self.last_checkpoint, self.last_saved_step = resume_from, step
             if self.best is not None:
                 candidate = ckpt.checkpoint_dir(self.output_dir, self.best["step"])
@@ -716,6 +878,7 @@ class Trainer:
                     self.output_dir, " and ".join(f"{name}/" for name in stale),
                 )
         self.start_step = step
+        self._bad_samples_logged = self.bad_samples
 
         if self.is_main_process:
             for name, text in self.task.run_files().items():
@@ -735,8 +898,8 @@ class Trainer:
         if self.is_main_process:
             logger.info(
                 "training %d optimizer steps (%d epoch(s) of %d steps) on %d examples: %s%s",
-                self.total_steps, self.num_epochs, self.steps_per_epoch, len(self.task.train_dataset), self.geometry.describe(),
-                ", length-bucketed" if self.lengths is not None else "",
+                self.total_steps, self.num_epochs, self.steps_per_epoch, self.num_train_examples, self.geometry.describe(),
+                ", length-bucketed" if self.lengths is not None else ", streamed" if self.streaming else "",
             )
         try:
             status = self._loop(step, epoch, micro_batch)
@@ -764,6 +927,8 @@ class Trainer:
                 signal=self._signals.requested,
                 geometry=self.geometry,
                 best_checkpoint=self.best_checkpoint if self.best_checkpoint is not None and self.best_checkpoint.is_dir() else None,
+                stopped_early=self.stopped_early,
+                bad_samples=self.bad_samples if self.streaming else None,
             )
             if self.is_main_process:
                 logger.info("summary: %s", result.summary())
@@ -796,6 +961,15 @@ class Trainer:
         if step >= self.total_steps:
             logger.info("training already reached step %d of %d", step, self.total_steps)
             return "completed"
+        if self.stopped_early:
+            patience = cfg.early_stopping_patience
+            if patience and self.validations_since_best >= patience:
+                logger.info("training stopped early at step %d (%s); not training further", step, self.stopped_early)
+                return "completed"
+            # the settings changed (patience raised or early stopping off): the run would not have stopped here
+            logger.warning("continuing a run that stopped early at step %d (%s): early_stopping_patience is now %d",
+                           step, self.stopped_early, patience)
+            self.stopped_early = None
         for epoch in range(epoch, self.num_epochs):
             self.epoch = epoch
             batches = self._train_batches(epoch, micro_batch)
@@ -814,13 +988,22 @@ class Trainer:
                 micro_batch += take
                 self.step = step
                 examples = int(figures.pop("examples"))
+                self.bad_samples += int(figures.pop("bad_samples"))
                 self._log_train(step, epoch, figures, examples, float(self.scheduler.get_last_lr()[0]), seconds)
                 epoch_end = micro_batch >= self.micro_batches
                 last = step >= self.total_steps
                 if epoch_end or last or (cfg.eval_steps and step % cfg.eval_steps == 0):
                     self._run_validation(step, epoch)
-                if epoch_end or last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                if epoch_end or last or self.stopped_early or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     self._save_checkpoint(step, epoch, micro_batch)
+                if self.stopped_early:
+                    logger.warning("stopped early at step %d of %d: %s", step, self.total_steps, self.stopped_early)
+                    return "completed"
+                if self._stopped_by_validation and not last:
+                    if self.last_saved_step != step:
+                        self._save_checkpoint(step, epoch, micro_batch)
+                    logger.info("stopped at step %d by the validation callback", step)
+                    return "stopped"
             micro_batch = 0
             if step >= self.total_steps:
                 break
@@ -837,19 +1020,51 @@ class Trainer:
             self.log.write("validation", step, {"epoch": epoch, **figures})
         if self.is_main_process:
             logger.info("validation at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))
-        value = figures.get(self.config.best_metric)
-        if value is not None and math.isfinite(value) and self._is_better(value):
-            self.best = {"metric": self.config.best_metric, "value": value, "step": step, "figures": dict(figures)}
+        cfg = self.config
+        value = figures.get(cfg.best_metric)
+        measured = value is not None and math.isfinite(value)
+        if measured and self._is_better(value):
+            self.best = {"metric": cfg.best_metric, "value": value, "step": step, "figures": dict(figures)}
+            self.validations_since_best = 0
             self._export(BEST_DIR, step, epoch, figures)
             if self.is_main_process:
-                logger.info("new best %s=%.4f at step %d: exported to %s", self.config.best_metric, value, step, self.output_dir / BEST_DIR)
+                logger.info("new best %s=%.4f at step %d: exported to %s", cfg.best_metric, value, step, self.output_dir / BEST_DIR)
+        else:
+            self.validations_since_best += 1
+        if self._plateau:
+            if measured:
+                before = float(self.scheduler.get_last_lr()[0])
+                self.scheduler.step(value)
+                after = float(self.scheduler.get_last_lr()[0])
+                if after < before and self.is_main_process:
+                    logger.info("%s has not improved for %d validation(s): learning rate cut from %.3g to %.3g",
+                                cfg.best_metric, cfg.plateau_patience + 1, before, after)
+            elif self.is_main_process:
+                logger.warning("validation at step %d gave no finite %s: the plateau schedule is not stepped", step, cfg.best_metric)
+        if cfg.early_stopping_patience and self.validations_since_best >= cfg.early_stopping_patience:
+            best = f"; best {self.best['value']:.4f} at step {self.best['step']}" if self.best else ""
+            self.stopped_early = (f"{cfg.best_metric} did not improve for {self.validations_since_best} validation(s) "
+                                  f"(early_stopping_patience={cfg.early_stopping_patience}){best}")
+            if self.log is not None:
+                self.log.write("early_stop", step, {"reason": self.stopped_early, "epoch": epoch})
+        if self.on_validation is not None:
+            stop = bool(self.on_validation(step, dict(figures))) if self.is_main_process else False
+            if self.num_processes > 1:  # the main process decides; every process stops at the same step
+                from accelerate.utils import broadcast_object_list
+
+                stop = broadcast_object_list([stop])[0]
+            self._stopped_by_validation = stop
         self.accelerator.wait_for_everyone()
 
 
 def _summary_values(result: TrainingResult) -> dict[str, Any]:
     values: dict[str, Any] = {"global_step": result.global_step, "status": result.status}
+    if result.stopped_early:
+        values["stopped_early"] = result.stopped_early
     if result.geometry is not None:
         values["global_batch"] = result.geometry.global_batch
+    if result.bad_samples is not None:
+        values["bad_samples"] = result.bad_samples
     if result.best:
         values.update({f"best/{k}": v for k, v in (result.best.get("figures") or {}).items()})
         values.update({"best/metric": result.best["metric"], "best/value": result.best["value"], "best/step": result.best["step"]})
@@ -863,9 +1078,14 @@ def run_training(
     output_dir: str | os.PathLike,
     seed: int,
     accelerator: "Accelerator | None" = None,
+    on_validation: "Callable[[int, dict[str, float]], bool | None] | None" = None,
 ) -> TrainingResult:
-    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`."""
-    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator).run()
+    """Train ``task`` with ``config`` into ``output_dir`` (resuming per ``config.resume``); see :class:`Trainer`.
+
+    ``on_validation(step, figures)``, called on the main process after each validation, stops the run
+    (checkpoint saved, status ``"stopped"``) by returning True.
+    """
+    return Trainer(task, config, output_dir=output_dir, seed=seed, accelerator=accelerator, on_validation=on_validation).run()
 
 
 __all__ = [

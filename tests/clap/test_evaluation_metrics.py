@@ -90,12 +90,12 @@ def test_labelled_csv_layouts(tmp_path):
     esc = tmp_path / "esc50.csv"
     esc.write_text("filename,fold,target,category,esc10,src_file,take\n1-100-A-0.wav,1,0,dog,True,100,A\n2-1-A-1.wav,2,1,rooster,False,1,A\n")
     assert read_labelled_csv(esc) == [
-        {"file": "1-100-A-0.wav", "label": "dog", "fold": "1"},
-        {"file": "2-1-A-1.wav", "label": "rooster", "fold": "2"},
+        {"file": "1-100-A-0.wav", "label": "dog", "fold": "1", "source": "100", "target": "0", "line": "2"},
+        {"file": "2-1-A-1.wav", "label": "rooster", "fold": "2", "source": "1", "target": "1", "line": "3"},
     ]
     generic = tmp_path / "labels.csv"
     generic.write_text("file,label\na.wav,beep\n")
-    assert read_labelled_csv(generic) == [{"file": "a.wav", "label": "beep", "fold": ""}]
+    assert read_labelled_csv(generic) == [{"file": "a.wav", "label": "beep", "fold": "", "source": "", "target": "", "line": "2"}]
     bad = tmp_path / "bad.csv"
     bad.write_text("path,name\na.wav,x\n")
     with pytest.raises(ManifestError, match="bad.csv"):

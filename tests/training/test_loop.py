@@ -206,6 +206,32 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_completes(uninterrupted, tmp_p
     assert losses(output) == losses(reference_dir)
 
 
+def test_the_validation_callback_sees_each_validation_and_stops_the_run_resumably(uninterrupted, tmp_path):
+    reference_dir, _, reference_weights = uninterrupted
+    seen = []
+
+    def on_validation(step, figures):
+        seen.append((step, figures["val_loss"]))
+        return step == 12  # e.g. a pruned trial
+
+    output = tmp_path / "run"
+    trainer = Trainer(ToyTask(), loop_config(), output_dir=output, seed=5, on_validation=on_validation)
+    stopped = trainer.run()
+    assert (stopped.status, stopped.global_step) == ("stopped", 12)
+    assert stopped.last_checkpoint == output / "checkpoints" / "step_12"
+    assert seen == [(s, v[0]) for s, v in sorted(losses(output, "validation", ("val_loss",)).items())]
+    assert [s for s, _ in seen] == [6, 12]
+    resumed, weights = train(output)  # no callback: it continues to the end as if never stopped
+    assert resumed.status == "completed" and resumed.resumed_from == output / "checkpoints" / "step_12"
+    assert_same_weights(weights, reference_weights)
+    # a callback asking to stop at the last validation changes nothing: the run is complete
+    last = Trainer(ToyTask(), loop_config(), output_dir=tmp_path / "last", seed=5, on_validation=lambda s, f: True).run()
+    assert (last.status, last.global_step) == ("stopped", 6)
+    whole = Trainer(ToyTask(), loop_config(num_train_epochs=1), output_dir=tmp_path / "one", seed=5,
+                    on_validation=lambda s, f: True).run()
+    assert (whole.status, whole.global_step) == ("completed", 6)
+
+
 def test_a_finished_run_rerun_does_nothing_and_keeps_its_model(uninterrupted):
     output, reference, weights = uninterrupted
     before = (output / "final" / "weights.safetensors").read_bytes()
