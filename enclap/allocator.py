@@ -19,8 +19,9 @@ training step with and without it.
 frees thousands of differently sized tensors (a decoder pass per candidate caption and window).
 glibc returns freed memory to the kernel only from the top of its heaps, so the holes left between
 live blocks stay resident and the peak RSS creeps up with the length of the recording although the
-live data stays one window's worth (measured: 602 MiB for 30 s, 931 MiB for 60 min of 48 kHz audio
-in ``windows`` mode; 611 MiB when glibc trims eagerly). :func:`release_freed_memory` (``malloc_trim``)
+live data stays one window's worth (``bench/bench_inference.py``, windows mode, 60 min of 48 kHz audio:
+peaks of 838 to 1123 MiB over three runs without trimming, up to 1.82x a 30 s file; 826 to 858 MiB with
+it, at the same speed). :func:`release_freed_memory` (``malloc_trim``)
 hands those free pages back; the long-audio paths of :class:`~enclap.pipeline.CaptioningPipeline`
 call it every few windows.
 """
