@@ -1,4 +1,4 @@
-"""Durable file-system operations shared by the crash-safe writers (feature store, training checkpoints)."""
+"""Durable file-system operations shared by the crash-safe writers (feature store, training checkpoints, curation)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,15 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` into ``path`` through a temporary file, fsync and a rename (readers see the old or the new file)."""
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, ManifestError
+from ..fileio import write_atomic
 
 TABLE_FORMAT = "enclap-embedding-table"
 TABLE_VERSION = 1
@@ -236,19 +237,6 @@ class EmbeddingTable:
             return cls(ids, vectors, dict(meta), sources)
         except ConfigError as err:
             raise ManifestError(directory, [str(err)]) from err
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through a temporary file and a rename (readers see the old or the new file)."""
-    from ..fileio import fsync_dir
-
-    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # ------------------------------------------------------------------------------------------ the search

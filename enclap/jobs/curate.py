@@ -48,9 +48,9 @@ from ..clap.curation import (
     PAPER_DU_THRESHOLD,
     PAPER_PROMPT,
     EmbeddingTable,
-    write_atomic,
 )
 from ..errors import AudioError, ConfigError, EnclapError
+from ..fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
