@@ -564,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    _end_distributed()
+    from ..training.distributed import end_process_group
+
+    end_process_group()
     if summary.process_index != 0:
         # The main process reports and carries the exit code; a non-zero exit here would make the
         # launcher stop the main process before it has printed the summary.
@@ -577,13 +579,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _end_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 __all__ = ["ExtractConfig", "ExtractionSummary", "list_inputs", "main", "read_failures", "run_extraction"]

@@ -745,7 +745,9 @@ def run_training_command(program: str, train: "Callable[[], TrainingResult]") ->
         print(f"{program}: aborted without saving; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130, None
     finally:
-        _end_distributed()
+        from ..training.distributed import end_process_group
+
+        end_process_group()
     if result.status == "interrupted":
         print(
             f"{program}: stopped by {result.signal or 'request'} at step {result.global_step} of {result.total_steps}; "
@@ -754,13 +756,6 @@ def run_training_command(program: str, train: "Callable[[], TrainingResult]") ->
         )
         return _signal_exit_code(result.signal), result
     return 0, result
-
-
-def _end_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 __all__ = [

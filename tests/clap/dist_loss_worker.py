@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from enclap.clap.loss import ClipLoss
+from enclap.training.distributed import end_process_group
 
 
 class PairEncoder(nn.Module):
@@ -34,8 +35,7 @@ def global_batch(n: int = 8):
     return torch.randn(n, 6, generator=gen), torch.randn(n, 5, generator=gen)
 
 
-def main(out: str, split: str, local_loss: str) -> None:
-    dist.init_process_group("gloo")
+def compare(out: str, split: str, local_loss: str) -> None:
     rank = dist.get_rank()
     cut = [int(x) for x in split.split(",")]
     bounds = [0, cut[0], cut[0] + cut[1]]
@@ -48,7 +48,12 @@ def main(out: str, split: str, local_loss: str) -> None:
     dist.all_gather(losses, loss.detach())
     if rank == 0:
         torch.save({"losses": torch.stack(losses), "grads": {n: p.grad.clone() for n, p in model.module.named_parameters()}}, out)
-    dist.destroy_process_group()
+
+
+def main(out: str, split: str, local_loss: str) -> None:
+    dist.init_process_group("gloo")
+    compare(out, split, local_loss)
+    end_process_group()  # as the training commands end: the DDP wrapper is gone by now (see its docstring)
 
 
 if __name__ == "__main__":

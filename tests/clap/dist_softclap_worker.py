@@ -13,10 +13,10 @@ from torch import nn
 
 from dist_loss_worker import PairEncoder, global_batch
 from enclap.clap.loss import ClipLoss, softclap_targets
+from enclap.training.distributed import end_process_group
 
 
-def main(out: str, split: str, local_loss: str, beta: str) -> None:
-    dist.init_process_group("gloo")
+def compare(out: str, split: str, local_loss: str, beta: str) -> None:
     rank = dist.get_rank()
     cut = [int(x) for x in split.split(",")]
     bounds = [0, cut[0], cut[0] + cut[1]]
@@ -30,7 +30,12 @@ def main(out: str, split: str, local_loss: str, beta: str) -> None:
     dist.all_gather(losses, loss.detach())
     if rank == 0:
         torch.save({"losses": torch.stack(losses), "grads": {n: p.grad.clone() for n, p in model.module.named_parameters()}}, out)
-    dist.destroy_process_group()
+
+
+def main(out: str, split: str, local_loss: str, beta: str) -> None:
+    dist.init_process_group("gloo")
+    compare(out, split, local_loss, beta)
+    end_process_group()  # as the training commands end: the DDP wrapper is gone by now (see its docstring)
 
 
 if __name__ == "__main__":
